@@ -1,0 +1,5 @@
+import sys
+
+from raypose.cli.main import main
+
+sys.exit(main())

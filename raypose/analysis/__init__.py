@@ -1,0 +1,12 @@
+"""Error analysis of keypoint detections (Ronchi & Perona, ICCV 2017), for any keypoint count.
+
+* :mod:`raypose.analysis.data`: ground truth + detections as flat arrays in COCOeval's order;
+* :mod:`raypose.analysis.errors`: per-keypoint classification (good / jitter / inversion / swap /
+  miss), corrections, per-detection and per-image OKS, background false positives, missed people;
+* :mod:`raypose.analysis.progressive`: AP after cumulatively correcting each error type;
+* :mod:`raypose.analysis.oracle`: the keypoint head on ground-truth boxes (needs torch);
+* :mod:`raypose.analysis.summary`, :mod:`raypose.analysis.gallery`, :mod:`raypose.analysis.report`:
+  ``summary.json``, rendered images and ``report.html``.
+
+The CLI is ``raypose analyze GT.json DETS.json --out DIR [--images IMAGES] [--checkpoint CKPT]``.
+"""

@@ -1,0 +1,226 @@
+"""The whole error analysis of one (ground truth, detections) pair, and its JSON summary.
+
+:func:`compute_analysis` runs the classification, the progressive correction, per-detection
+and per-image OKS, and lists background false positives and missed people;
+:func:`summary_dict` turns the result into the JSON written as ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from raypose.analysis.data import AnalysisInput
+from raypose.analysis.errors import (
+    ERROR_TYPES,
+    LOC_OKS_THRESHOLD,
+    OKS_THRESHOLDS,
+    KeypointErrors,
+    best_oks,
+    classify_keypoints,
+    image_oks,
+    match_detections,
+    matched_oks,
+    matched_regular_gt,
+    oks_loss_share,
+)
+from raypose.analysis.progressive import (
+    REC_THRESHOLDS,
+    ProgressiveResult,
+    progressive_correction,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORST = 100
+
+
+@dataclass
+class AnalysisResult:
+    """Everything :func:`summary_dict` and the report need; arrays follow ``inp.data``'s order."""
+
+    inp: AnalysisInput
+    errors: KeypointErrors
+    progressive: ProgressiveResult
+    det_oks: np.ndarray  # (N,) OKS with the ground truth matched at OKS >= 0.1; NaN if none
+    det_best_oks: np.ndarray  # (N,) highest OKS with any regular person of the image (0 if none)
+    det_ignored: np.ndarray  # (N,) matched to an ignored ground truth (crowd / no keypoints)
+    image_oks: np.ndarray  # (I,) see raypose.analysis.errors.image_oks
+    worst: np.ndarray  # image positions, worst first
+    oks_loss_share: np.ndarray  # (K,)
+    mean_ks: np.ndarray  # (K,)
+    oracle: dict[str, Any] | None = field(default=None)
+
+
+def compute_analysis(inp: AnalysisInput, worst: int = DEFAULT_WORST) -> AnalysisResult:
+    """Run the error analysis (CPU, numpy); ``worst`` is how many images to rank worst-first."""
+    data, sigmas = inp.data, inp.sigmas
+    loc = match_detections(data, sigmas, [LOC_OKS_THRESHOLD])
+    matched = matched_regular_gt(data, loc)
+    ignored = (loc.dt_gt[0, 0] >= 0) & (matched < 0)
+    errors = classify_keypoints(data, matched, inp.schema)
+    progressive = progressive_correction(inp, errors)
+    det_oks = matched_oks(data, sigmas, matched)
+    det_best, _ = best_oks(data, sigmas)
+    per_image = image_oks(data, det_oks, matched, ignored)
+    has_content = (np.bincount(data.gt_img, minlength=data.num_images) > 0) | (
+        np.bincount(data.dt_img, minlength=data.num_images) > 0
+    )
+    # worst first; ties by image id. Images with neither people nor detections have nothing to show.
+    order = np.lexsort((inp.image_ids, per_image))
+    order = order[has_content[order]][:worst]
+    share, mean_ks = oks_loss_share(errors)
+    logger.info("error analysis: %s", errors.counts())
+    return AnalysisResult(
+        inp=inp,
+        errors=errors,
+        progressive=progressive,
+        det_oks=det_oks,
+        det_best_oks=det_best,
+        det_ignored=ignored,
+        image_oks=per_image,
+        worst=order,
+        oks_loss_share=share,
+        mean_ks=mean_ks,
+    )
+
+
+def _num(value: float) -> float | None:
+    value = float(value)
+    return None if not np.isfinite(value) else round(value, 6)
+
+
+def _progressive_dict(progressive: ProgressiveResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "step": s.name,
+            "label": s.label,
+            "ap": _num(s.result.ap),
+            "ap50": _num(s.result.ap50),
+            "ap75": _num(s.result.ap75),
+            "recall": _num(s.result.recall),
+            "gain_ap": _num(s.gain_ap),
+            "gain_ap50": _num(s.gain_ap50),
+        }
+        for s in progressive.steps
+    ]
+
+
+def _pr_curves(progressive: ProgressiveResult) -> dict[str, Any]:
+    def mean_over_t(p: np.ndarray) -> list[float]:
+        masked = np.where(p > -1, p, np.nan)
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(masked, axis=0) if np.isfinite(masked).any() else np.full(p.shape[1], -1.0)
+        return [round(float(v), 6) if np.isfinite(v) else -1.0 for v in mean]
+
+    return {
+        "recall_thresholds": [round(float(r), 2) for r in REC_THRESHOLDS],
+        "oks_thresholds": [round(float(t), 2) for t in OKS_THRESHOLDS],
+        "oks50": {s.name: [round(float(v), 6) for v in s.result.precision[0]] for s in progressive.steps},
+        "mean_over_oks": {s.name: mean_over_t(s.result.precision) for s in progressive.steps},
+        "original_per_oks": {
+            f"{t:.2f}": [round(float(v), 6) for v in progressive.steps[0].result.precision[i]]
+            for i, t in enumerate(OKS_THRESHOLDS)
+        },
+    }
+
+
+def background_fp_rows(result: AnalysisResult) -> list[dict[str, Any]]:
+    """Background false positives, highest score first."""
+    inp, data = result.inp, result.inp.data
+    idx = np.flatnonzero(result.progressive.background_fp)
+    idx = idx[np.argsort(-data.dt_scores[idx], kind="stable")]
+    return [
+        {
+            "image_id": int(inp.image_ids[data.dt_img[n]]),
+            "detection_index": int(inp.dt_file_index[n]),
+            "score": _num(data.dt_scores[n]),
+            "best_oks": _num(result.det_best_oks[n]),
+            "matched_at_0.1": bool(result.errors.matched_gt[n] >= 0),
+        }
+        for n in idx
+    ]
+
+
+def false_negative_rows(result: AnalysisResult) -> list[dict[str, Any]]:
+    """Missed people (regular ground truths matched at no OKS threshold), largest first."""
+    inp, data = result.inp, result.inp.data
+    idx = np.flatnonzero(result.progressive.false_negative)
+    idx = idx[np.argsort(-data.gt_areas[idx], kind="stable")]
+    return [
+        {
+            "image_id": int(inp.image_ids[data.gt_img[g]]),
+            "annotation_id": int(data.gt_ids[g]),
+            "num_keypoints": int(np.count_nonzero(data.gt_kpts[g, :, 2] > 0)),
+            "area": _num(data.gt_areas[g]),
+        }
+        for g in idx
+    ]
+
+
+def per_detection_rows(result: AnalysisResult) -> list[dict[str, Any]]:
+    """One row per kept detection: image, file position, score, OKS, matched ground truth."""
+    inp, data = result.inp, result.inp.data
+    matched = result.errors.matched_gt
+    return [
+        {
+            "image_id": int(inp.image_ids[data.dt_img[n]]),
+            "detection_index": int(inp.dt_file_index[n]),
+            "score": _num(data.dt_scores[n]),
+            "oks": _num(result.det_oks[n]),
+            "best_oks": _num(result.det_best_oks[n]),
+            "matched_annotation_id": int(data.gt_ids[matched[n]]) if matched[n] >= 0 else None,
+        }
+        for n in range(len(data.dt_img))
+    ]
+
+
+def summary_dict(result: AnalysisResult) -> dict[str, Any]:
+    """The JSON summary: ``errors``, ``per_keypoint``, ``progressive``, ``worst`` and more."""
+    inp, data = result.inp, result.inp.data
+    names = inp.schema.names
+    counts = result.errors.counts()
+    people = np.bincount(data.gt_img[~data.gt_ignore], minlength=data.num_images)
+    dets = np.bincount(data.dt_img, minlength=data.num_images)
+    out: dict[str, Any] = {
+        "ground_truth": inp.gt_source,
+        "detections": inp.dt_source,
+        "num_keypoints": inp.schema.num_keypoints,
+        "keypoint_names": list(names),
+        "num_images": int(data.num_images),
+        "num_people": int(np.count_nonzero(~data.gt_ignore)),
+        "num_detections": int(len(data.dt_img)),
+        "thresholds": {"good_ks": 0.85, "jitter_ks": 0.5, "localisation_oks": LOC_OKS_THRESHOLD},
+        "evaluation": _progressive_dict(result.progressive)[0],
+        "errors": counts,
+        "error_fractions": {k: (_num(v / max(sum(counts.values()), 1))) for k, v in counts.items()},
+        "per_keypoint": result.errors.counts_per_keypoint(names),
+        "oks_loss_share": {n: _num(v) for n, v in zip(names, result.oks_loss_share)},
+        "mean_ks": {n: _num(v) for n, v in zip(names, result.mean_ks)},
+        "progressive": _progressive_dict(result.progressive),
+        "pr_curves": _pr_curves(result.progressive),
+        "worst": [int(inp.image_ids[i]) for i in result.worst],
+        "worst_images": [
+            {
+                "image_id": int(inp.image_ids[i]),
+                "file_name": inp.file_names[i],
+                "oks": _num(result.image_oks[i]),
+                "num_people": int(people[i]),
+                "num_detections": int(dets[i]),
+            }
+            for i in result.worst
+        ],
+        "per_image": [
+            {"image_id": int(inp.image_ids[i]), "oks": _num(result.image_oks[i])}
+            for i in range(data.num_images)
+        ],
+        "background_false_positives": background_fp_rows(result),
+        "false_negatives": false_negative_rows(result),
+        "error_types": list(ERROR_TYPES),
+    }
+    if result.oracle is not None:
+        out["oracle"] = result.oracle
+    return out

@@ -1,0 +1,109 @@
+"""Evaluation sub-commands: ``raypose eval`` (OKS mAP of a COCO keypoint results file).
+
+``raypose predict`` (model inference to a results file) is added here by the lead; see the
+marked spot in :func:`register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+_AREA_LABEL = {"AP": "all", "AP50": "all", "AP75": "all", "APm": "medium", "APl": "large"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this area's sub-commands to the ``raypose`` parser."""
+    _register_eval(subparsers)
+    # `raypose predict` is registered here (lead's issue): _register_predict(subparsers)
+
+
+def _register_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="OKS mAP of COCO keypoint detections against ground truth (pycocotools' numbers)",
+        description=(
+            "Evaluate a COCO keypoint results file with pycocotools' COCOeval (iouType=keypoints): "
+            "the 10 summary numbers, per-keypoint AP and OKS precision-recall curves. Sigmas follow the "
+            "ground truth's keypoint count (17 or 23) unless --sigmas is given."
+        ),
+    )
+    p.add_argument("gt", metavar="GT.json", help="COCO keypoint ground-truth annotation file")
+    p.add_argument("dets", metavar="DETS.json", help="COCO keypoint results file (a JSON list of detections)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object with AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl",
+    )
+    p.add_argument(
+        "--sigmas",
+        type=_parse_sigmas,
+        default=None,
+        metavar="a,b,...",
+        help="comma-separated OKS sigmas, one per keypoint (pycocotools convention, e.g. 0.026 for the nose)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default=None, help="write metrics.json and PR/per-keypoint plots here"
+    )
+    p.add_argument(
+        "--slow",
+        action="store_true",
+        help="run plain pycocotools instead of the (identical) vectorised evaluator",
+    )
+    p.set_defaults(func=run_eval)
+
+
+def _parse_sigmas(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sigmas must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("--sigmas needs at least one number")
+    return values
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Handler of ``raypose eval``: evaluate, print a table or JSON, optionally write a report."""
+    from raypose.evaluation.cocoeval import STAT_NAMES, evaluate_keypoints, write_eval_report
+
+    result = evaluate_keypoints(
+        args.gt,
+        args.dets,
+        sigmas=args.sigmas,
+        per_keypoint=not args.json or args.out is not None,
+        fast=not args.slow,
+    )
+    if args.out is not None:
+        paths = write_eval_report(result, args.out)
+    if args.json:
+        print(json.dumps({name: float(result.stats[name]) for name in STAT_NAMES}))
+        return 0
+    print(format_summary(result))
+    if args.out is not None:
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def format_summary(result) -> str:
+    """pycocotools-style summary lines, then a per-keypoint table."""
+    lines = [f"{result.num_images} images, {result.num_gt} people, {result.num_dets} detections"]
+    for name in ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"):
+        kind = "Average Precision  (AP)" if name.startswith("AP") else "Average Recall     (AR)"
+        oks = {"50": "0.50", "75": "0.75"}.get(name[2:], "0.50:0.95")
+        area = _AREA_LABEL.get("AP" + name[2:], "all")
+        lines.append(
+            f" {kind} @[ OKS={oks:<9} | area={area:>6s} | maxDets= 20 ] = {result.stats[name]:0.3f}  {name}"
+        )
+    if result.per_keypoint:
+        lines.append("")
+        lines.append(f"{'keypoint':<16} {'AP':>6} {'AP50':>6} {'AP75':>6} {'mean_ks':>8} {'labelled':>8}")
+        for kp, values in result.per_keypoint.items():
+            ks = values["mean_ks"]
+            ks_text = f"{ks:8.3f}" if math.isfinite(ks) else f"{'-':>8}"
+            lines.append(
+                f"{kp:<16} {values['AP']:6.3f} {values['AP50']:6.3f} {values['AP75']:6.3f} {ks_text} "
+                f"{values['num_labelled']:8d}"
+            )
+    return "\n".join(lines)

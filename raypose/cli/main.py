@@ -1,0 +1,59 @@
+"""The ``raypose`` command line: one sub-command module per area, dispatched here.
+
+Each module in :data:`COMMAND_MODULES` has ``register(subparsers)``, which adds its
+sub-commands and sets ``func`` (a callable taking the parsed args and returning an exit code).
+Heavy imports (torch, ray, mlflow) happen inside those functions, so ``raypose --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from raypose.errors import RayposeError
+
+COMMAND_MODULES = (
+    "raypose.cli.data",
+    "raypose.cli.evaluate",
+    "raypose.cli.train",
+    "raypose.cli.tune",
+    "raypose.cli.analyze",
+    "raypose.cli.video",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raypose",
+        description="Fine-tune KeypointRCNN on 23 keypoints (COCO + CMU foot) and search its recipe on Ray.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except RayposeError as e:
+        print(f"raypose {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"raypose {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""A COCO-keypoints dataset returning torchvision detection targets.
+
+Per image it returns ``(image, target)``: ``image`` a float tensor (3, H, W) in [0, 1];
+``target`` a dict with ``boxes`` (N, 4) float32 xyxy pixels, ``labels`` (N,) int64 (all 1),
+``keypoints`` (N, K, 3) float32 (x, y, v) pixels, ``image_id`` 0-d int64 tensor, ``area`` (N,)
+float32 and ``iscrowd`` (N,) int64. Only numpy arrays are held (see
+:mod:`raypose.data.annotations`), so DataLoader workers share them cheaply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from raypose.data.annotations import KeypointAnnotations, load_keypoint_annotations
+from raypose.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# torchvision refuses boxes with zero width or height while training.
+MIN_TRAIN_BOX_SIZE = 1.0
+
+
+def training_person_mask(annotations: KeypointAnnotations) -> np.ndarray:
+    """People usable for training, shape (P,) bool: not crowd, >= 1 labelled keypoint, box >= 1 px."""
+    boxes = annotations.boxes_xywh
+    return (
+        ~annotations.iscrowd
+        & (annotations.labelled_counts() > 0)
+        & (boxes[:, 2] >= MIN_TRAIN_BOX_SIZE)
+        & (boxes[:, 3] >= MIN_TRAIN_BOX_SIZE)
+    )
+
+
+class KeypointDataset(torch.utils.data.Dataset):
+    """COCO keypoint images and people as torchvision detection ``(image, target)`` pairs.
+
+    Args:
+        annotations: loaded annotations, or the path of a COCO keypoint JSON file.
+        image_dir: folder holding the images named by ``file_name``.
+        train: drop crowd people, people without any labelled keypoint or with a degenerate box, and
+            images left with nobody. ``False`` keeps every image and person.
+        transforms: callable ``(image, target) -> (image, target)`` applied last.
+        image_ids: restrict to these COCO image ids (e.g. a few images to overfit on).
+    """
+
+    def __init__(
+        self,
+        annotations: KeypointAnnotations | str | os.PathLike,
+        image_dir: str | os.PathLike,
+        train: bool = False,
+        transforms: Callable | None = None,
+        image_ids: Sequence[int] | None = None,
+    ):
+        if not isinstance(annotations, KeypointAnnotations):
+            annotations = load_keypoint_annotations(annotations)
+        self.annotations = annotations
+        self.image_dir = Path(image_dir)
+        self.train = train
+        self.transforms = transforms
+        if not self.image_dir.is_dir():
+            raise InputError(f"image folder not found: {self.image_dir} (for {annotations.source})")
+        keep = training_person_mask(annotations) if train else np.ones(annotations.num_people, dtype=bool)
+        self._select(keep, image_ids)
+
+    def _select(self, keep: np.ndarray, image_ids: Sequence[int] | None) -> None:
+        ann = self.annotations
+        image_rows = np.repeat(np.arange(ann.num_images), np.diff(ann.image_offsets))
+        kept_per_image = np.bincount(image_rows[keep], minlength=ann.num_images)
+        candidates = np.arange(ann.num_images)
+        if image_ids is not None:
+            candidates = np.asarray([ann.index_of_image_id(i) for i in image_ids], dtype=np.int64)
+        if self.train:
+            empty = kept_per_image[candidates] == 0
+            if empty.any():
+                logger.info(
+                    "%s: %d of %d images have no trainable person (crowd or unlabelled only); skipped",
+                    ann.source,
+                    int(empty.sum()),
+                    len(candidates),
+                )
+            candidates = candidates[~empty]
+        dropped = int((~keep).sum())
+        if dropped:
+            logger.info("%s: %d of %d people dropped for training", ann.source, dropped, ann.num_people)
+        self.image_rows = candidates.astype(np.int64)
+        # Kept people as one flat index array plus per-image offsets: no Python lists per image.
+        self.person_index = np.flatnonzero(keep).astype(np.int64)
+        self.person_offsets = np.zeros(ann.num_images + 1, dtype=np.int64)
+        np.cumsum(kept_per_image, out=self.person_offsets[1:])
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.annotations.num_keypoints
+
+    def image_id(self, index: int) -> int:
+        """COCO image id of dataset item ``index``."""
+        return int(self.annotations.image_ids[self.image_rows[index]])
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / str(self.annotations.file_names[self.image_rows[index]])
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """The image of item ``index`` as a float tensor (3, H, W) in [0, 1].
+
+        Raises:
+            InputError: the file is missing, unreadable, or not the size the annotations say.
+        """
+        row = self.image_rows[index]
+        path = self.image_path(index)
+        image_id = int(self.annotations.image_ids[row])
+        try:
+            with Image.open(path) as pil:
+                pil = pil.convert("RGB")
+        except FileNotFoundError:
+            raise InputError(
+                f"{path}: image file not found (image id {image_id} in {self.annotations.source})"
+            ) from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise InputError(f"{path}: cannot read image id {image_id}: {e}") from None
+        expected = (int(self.annotations.widths[row]), int(self.annotations.heights[row]))
+        if pil.size != expected:
+            raise InputError(
+                f"{path}: image id {image_id} is {pil.size[0]}x{pil.size[1]} but {self.annotations.source} "
+                f"says {expected[0]}x{expected[1]}"
+            )
+        array = np.asarray(pil, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+    def target(self, index: int) -> dict:
+        """The torchvision target of item ``index`` (before transforms)."""
+        ann = self.annotations
+        row = self.image_rows[index]
+        people = self.person_index[self.person_offsets[row] : self.person_offsets[row + 1]]
+        xywh = torch.from_numpy(ann.boxes_xywh[people])
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        keypoints = torch.from_numpy(ann.keypoints[people].copy())
+        keypoints *= (keypoints[..., 2:3] > 0).to(keypoints.dtype)  # v = 0 points sit at (0, 0)
+        return {
+            "boxes": boxes.reshape(-1, 4),
+            "labels": torch.ones(len(people), dtype=torch.int64),
+            "keypoints": keypoints.reshape(len(people), ann.num_keypoints, 3),
+            "image_id": torch.tensor(int(ann.image_ids[row]), dtype=torch.int64),
+            "area": torch.from_numpy(ann.areas[people].copy()),
+            "iscrowd": torch.from_numpy(ann.iscrowd[people].astype(np.int64)),
+        }
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        image = self.load_image(index)
+        target = self.target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def collate_fn(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Keep images and targets as lists (images differ in size; torchvision models take lists)."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)

@@ -1,0 +1,27 @@
+"""Exceptions raypose raises for problems the user can fix.
+
+The CLI turns any :class:`RayposeError` into one message on stderr and a non-zero exit;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RayposeError(Exception):
+    """Base class: a problem with the user's input, files or configuration."""
+
+
+class InputError(RayposeError):
+    """A bad input file: missing, malformed, or inconsistent. The message names the file and id."""
+
+
+class ConfigError(RayposeError):
+    """A bad configuration value: the message names the key and the valid choices."""
+
+
+class WeightsError(RayposeError):
+    """Pretrained weights cannot be found or do not fit the model."""
+
+
+class TrainingError(RayposeError):
+    """Training cannot go on (for example a non-finite loss)."""

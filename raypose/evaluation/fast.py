@@ -1,0 +1,348 @@
+"""A vectorised drop-in for pycocotools' keypoint ``COCOeval.evaluate`` + ``accumulate``.
+
+pycocotools loops in Python over images, area ranges, OKS thresholds, detections and ground
+truths. This module does the same greedy matching with numpy, batched over all images at once
+(one step per detection rank, at most ``maxDets`` steps), and gives bit-identical
+``precision``/``recall``/``scores`` arrays, hence identical summary numbers:
+
+* OKS comes from :func:`raypose.evaluation.oks.oks_pairs` (same float operations and order);
+* detections are sorted per image with a stable sort on ``-score`` and cut to ``maxDets[-1]``;
+* a detection takes, among the ground truths still free (crowds never stop being free), the one
+  with the highest OKS >= threshold, the LAST one on ties; regular ground truths are tried before
+  ignored ones (crowd, ``num_keypoints == 0``, outside the area range) and win if any qualifies;
+* a detection matched to a ground truth whose id is 0 counts as unmatched, as in pycocotools;
+* accumulation concatenates images in ``imgIds`` order and sorts with a stable mergesort.
+
+:class:`FastKeypointCOCOeval` subclasses ``COCOeval`` (``summarize()`` is pycocotools' own) but
+does not fill ``evalImgs``. The array-level functions (:func:`prepare_category`, :func:`match`,
+:func:`accumulate`) are also used for the per-keypoint breakdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+from pycocotools.cocoeval import COCOeval
+
+from raypose.evaluation.oks import oks_pairs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CategoryData:
+    """One category's ground truths and kept detections, flattened over the evaluated images.
+
+    Ground truths are ordered by image, then file order; detections by image, then by score
+    (stable, highest first), cut to ``max_det`` per image. Keypoints are ``(x, y, v)`` pixels.
+    """
+
+    num_images: int
+    gt_img: np.ndarray  # (G,) int, image position in the evaluated id list
+    gt_kpts: np.ndarray  # (G, K, 3)
+    gt_boxes: np.ndarray  # (G, 4) xywh
+    gt_areas: np.ndarray  # (G,)
+    gt_crowd: np.ndarray  # (G,) bool: may be matched by several detections
+    gt_ignore: np.ndarray  # (G,) bool: crowd or num_keypoints == 0
+    gt_crowd_ignore: np.ndarray  # (G,) bool: ignored for being a crowd (truthy iscrowd)
+    gt_ids: np.ndarray  # (G,) annotation ids (0 counts as "no match" in pycocotools)
+    dt_img: np.ndarray  # (N,) int
+    dt_rank: np.ndarray  # (N,) int, rank inside its image
+    dt_kpts: np.ndarray  # (N, K, 3)
+    dt_areas: np.ndarray  # (N,)
+    dt_scores: np.ndarray  # (N,)
+    dt_ids: np.ndarray  # (N,) result ids (from loadRes)
+
+
+@dataclass
+class MatchResult:
+    """Greedy matching for every area range ``a`` and OKS threshold ``t``.
+
+    ``dt_gt[a, t, n]``: index into the category's ground truths, or -1; ``dt_matched``: pycocotools'
+    ``dtMatches != 0``; ``dt_ignore``: pycocotools' ``dtIgnore``; ``gt_ignore[a, g]``: ``gtIgnore``.
+    """
+
+    dt_gt: np.ndarray  # (A, T, N) int
+    dt_matched: np.ndarray  # (A, T, N) bool
+    dt_ignore: np.ndarray  # (A, T, N) bool
+    gt_ignore: np.ndarray  # (A, G) bool
+
+
+def _keypoint_array(anns: list[dict], num_kpts: int) -> np.ndarray:
+    if not anns:
+        return np.zeros((0, num_kpts, 3), dtype=np.float64)
+    return np.asarray([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), num_kpts, 3)
+
+
+def prepare_category(
+    coco_gt, coco_dt, img_ids: list, cat_id: int, max_det: int, num_kpts: int
+) -> CategoryData:
+    """Collect one category's annotations for ``img_ids`` (sorted unique) as :class:`CategoryData`."""
+    # Same selection as COCOeval._prepare: imgToAnns order, then looked up by id in .anns.
+    gts = [
+        coco_gt.anns[a["id"]]
+        for i in img_ids
+        for a in coco_gt.imgToAnns.get(i, ())
+        if a["category_id"] == cat_id
+    ]
+    dts = [
+        coco_dt.anns[a["id"]]
+        for i in img_ids
+        for a in coco_dt.imgToAnns.get(i, ())
+        if a["category_id"] == cat_id
+    ]
+    position = {img_id: n for n, img_id in enumerate(img_ids)}
+    dt_img = np.array([position[d["image_id"]] for d in dts], dtype=np.int64)
+    dt_scores = np.array([d["score"] for d in dts], dtype=np.float64)
+    order = np.lexsort((-dt_scores, dt_img))  # stable: ties keep file order, like mergesort
+    dt_img, dt_scores = dt_img[order], dt_scores[order]
+    starts = np.searchsorted(dt_img, dt_img, side="left")
+    rank = np.arange(len(dt_img)) - starts
+    keep = rank < max_det
+    kept = [dts[i] for i in order[keep]]
+    return CategoryData(
+        num_images=len(img_ids),
+        gt_img=np.array([position[g["image_id"]] for g in gts], dtype=np.int64),
+        gt_kpts=_keypoint_array(gts, num_kpts),
+        gt_boxes=np.asarray([g["bbox"] for g in gts], dtype=np.float64).reshape(-1, 4),
+        gt_areas=np.array([g["area"] for g in gts], dtype=np.float64),
+        gt_crowd=np.array([int(g["iscrowd"]) != 0 for g in gts], dtype=bool),
+        gt_ignore=np.array(
+            [(g["num_keypoints"] == 0) or bool("iscrowd" in g and g["iscrowd"]) for g in gts], dtype=bool
+        ),
+        gt_crowd_ignore=np.array([bool("iscrowd" in g and g["iscrowd"]) for g in gts], dtype=bool),
+        gt_ids=np.array([g["id"] for g in gts], dtype=np.float64),
+        dt_img=dt_img[keep],
+        dt_rank=rank[keep],
+        dt_kpts=_keypoint_array(kept, num_kpts),
+        dt_areas=np.array([d["area"] for d in kept], dtype=np.float64),
+        dt_scores=dt_scores[keep],
+        dt_ids=np.array([d["id"] for d in kept], dtype=np.float64),
+    )
+
+
+def select_keypoint(data: CategoryData, k: int) -> CategoryData:
+    """The single-keypoint projection used for per-keypoint AP.
+
+    Only keypoint ``k`` is kept; a ground truth is ignored when it is a crowd or does not label
+    ``k`` (its ``num_keypoints`` becomes ``v_k > 0``), so OKS reduces to keypoint ``k``'s ks.
+    """
+    return replace(
+        data,
+        gt_kpts=data.gt_kpts[:, k : k + 1],
+        dt_kpts=data.dt_kpts[:, k : k + 1],
+        gt_ignore=data.gt_crowd_ignore | (data.gt_kpts[:, k, 2] <= 0),
+    )
+
+
+def pair_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OKS for every (kept detection, ground truth) pair in the same image.
+
+    Returns:
+        ``(pair_dt, pair_gt, oks)``, each (P,): detection index, ground-truth index, OKS.
+    """
+    gt_count = np.bincount(data.gt_img, minlength=data.num_images)
+    gt_start = np.cumsum(gt_count) - gt_count
+    per_dt = gt_count[data.dt_img]
+    pair_dt = np.repeat(np.arange(len(data.dt_img)), per_dt)
+    offsets = np.arange(len(pair_dt)) - np.repeat(np.cumsum(per_dt) - per_dt, per_dt)
+    pair_gt = gt_start[data.dt_img][pair_dt] + offsets
+    oks = oks_pairs(
+        data.dt_kpts[pair_dt],
+        data.gt_kpts[pair_gt],
+        data.gt_boxes[pair_gt],
+        data.gt_areas[pair_gt],
+        sigmas,
+    )
+    return pair_dt, pair_gt, oks
+
+
+def _outside(areas: np.ndarray, area_rngs: np.ndarray) -> np.ndarray:
+    lo, hi = area_rngs[:, 0:1], area_rngs[:, 1:2]
+    return (areas[None, :] < lo) | (areas[None, :] > hi)
+
+
+def match(
+    data: CategoryData,
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    area_rngs: np.ndarray,
+    oks_thrs: np.ndarray,
+) -> MatchResult:
+    """pycocotools' ``evaluateImg`` greedy matching, for all images, areas and thresholds at once."""
+    area_rngs = np.asarray(area_rngs, dtype=np.float64).reshape(-1, 2)
+    num_a, num_t, num_dt = len(area_rngs), len(oks_thrs), len(data.dt_img)
+    gt_ignore = data.gt_ignore[None, :] | _outside(data.gt_areas, area_rngs)
+    dt_gt = np.full((num_a, num_t, num_dt), -1, dtype=np.int64)
+    thresholds = np.minimum(np.asarray(oks_thrs, dtype=np.float64), 1 - 1e-10)
+
+    gt_count = np.bincount(data.gt_img, minlength=data.num_images)
+    dt_count = np.bincount(data.dt_img, minlength=data.num_images)
+    both = np.flatnonzero((gt_count > 0) & (dt_count > 0))
+    # Bucket images by ground-truth count (powers of two) so padding stays small.
+    bucket_of = np.ceil(np.log2(np.maximum(gt_count[both], 1))).astype(np.int64)
+    for b in np.unique(bucket_of):
+        images = both[bucket_of == b]
+        _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt)
+
+    matched_any = dt_gt >= 0
+    safe = np.where(matched_any, dt_gt, 0)
+    gt_id_nonzero = data.gt_ids[safe] != 0 if len(data.gt_ids) else np.zeros_like(matched_any)
+    dt_matched = matched_any & gt_id_nonzero
+    a_idx = np.arange(num_a)[:, None, None]
+    dt_ignore = matched_any & (gt_ignore[a_idx, safe] if len(data.gt_ids) else matched_any)
+    dt_outside = _outside(data.dt_areas, area_rngs)[:, None, :]
+    dt_ignore |= ~dt_matched & dt_outside
+    return MatchResult(dt_gt=dt_gt, dt_matched=dt_matched, dt_ignore=dt_ignore, gt_ignore=gt_ignore)
+
+
+def _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt) -> None:
+    """Greedy matching of the images in one bucket; writes ``dt_gt`` in place."""
+    pair_dt, pair_gt, oks = pairs
+    num_img = data.num_images
+    gt_count = np.bincount(data.gt_img, minlength=num_img)
+    gt_start = np.cumsum(gt_count) - gt_count
+    dt_count = np.bincount(data.dt_img, minlength=num_img)
+    dt_start = np.cumsum(dt_count) - dt_count
+    # Images with more detections first, so rank r only touches a prefix of the rows.
+    images = images[np.argsort(-dt_count[images], kind="stable")]
+    rows = np.full(num_img, -1, dtype=np.int64)
+    rows[images] = np.arange(len(images))
+    num_rows, width, depth = len(images), int(gt_count[images].max()), int(dt_count[images].max())
+
+    in_bucket = rows[data.dt_img[pair_dt]] >= 0
+    p_dt, p_gt = pair_dt[in_bucket], pair_gt[in_bucket]
+    p_row = rows[data.dt_img[p_dt]]
+    table = np.full((depth, num_rows, width), -np.inf)
+    table[data.dt_rank[p_dt], p_row, p_gt - gt_start[data.gt_img[p_gt]]] = oks[in_bucket]
+
+    cols = np.arange(width)
+    gt_index = gt_start[images][:, None] + cols[None, :]  # (rows, width)
+    valid = cols[None, :] < gt_count[images][:, None]
+    gt_index = np.where(valid, gt_index, 0)
+    ignored = gt_ignore[:, gt_index] & valid[None]  # (A, rows, width)
+    regular = ~gt_ignore[:, gt_index] & valid[None]
+    reusable = data.gt_crowd[gt_index] | ~valid  # padding is never "taken"
+    taken = np.zeros((gt_ignore.shape[0], len(thresholds), num_rows, width), dtype=bool)
+    counts = dt_count[images]
+    for r in range(depth):
+        n = int(np.count_nonzero(counts > r))
+        o = table[r, :n]  # (n, width)
+        free = ~(taken[:, :, :n] & ~reusable[None, None, :n])
+        good = free & (o[None, None] >= thresholds[None, :, None, None])
+        first = good & regular[:, None, :n]
+        second = good & ignored[:, None, :n]
+        cand = np.where(first.any(-1, keepdims=True), first, second)
+        value = np.where(cand, o[None, None], -np.inf)
+        best = cand & (value == value.max(-1, keepdims=True))
+        m = width - 1 - np.argmax(best[..., ::-1], axis=-1)  # last index on ties
+        has = cand.any(-1)
+        a_i, t_i, row_i = np.nonzero(has)
+        taken[a_i, t_i, row_i, m[a_i, t_i, row_i]] = True
+        dts = dt_start[images[:n]] + r
+        dt_gt[:, :, dts] = np.where(has, gt_index[np.arange(n)[None, None], m], -1)
+
+
+def accumulate(
+    data: CategoryData, result: MatchResult, rec_thrs: np.ndarray, max_dets: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pycocotools' ``accumulate`` for one category.
+
+    Returns:
+        ``precision`` (T, R, A, M), ``recall`` (T, A, M), ``scores`` (T, R, A, M); -1 where the
+        area range has no regular ground truth.
+    """
+    num_a, num_t, _ = result.dt_gt.shape
+    num_r, num_m = len(rec_thrs), len(max_dets)
+    precision = -np.ones((num_t, num_r, num_a, num_m))
+    recall = -np.ones((num_t, num_a, num_m))
+    scores = -np.ones((num_t, num_r, num_a, num_m))
+    for m, max_det in enumerate(max_dets):
+        keep = data.dt_rank < max_det
+        dt_scores = data.dt_scores[keep]
+        order = np.argsort(-dt_scores, kind="mergesort")
+        sorted_scores = dt_scores[order]
+        for a in range(num_a):
+            npig = np.count_nonzero(result.gt_ignore[a] == 0)
+            if npig == 0:
+                continue
+            matched = result.dt_matched[a][:, keep][:, order]
+            ignore = result.dt_ignore[a][:, keep][:, order]
+            tp_sum = np.cumsum(matched & ~ignore, axis=1).astype(dtype=float)
+            fp_sum = np.cumsum(~matched & ~ignore, axis=1).astype(dtype=float)
+            nd = tp_sum.shape[1]
+            for t in range(num_t):
+                tp, fp = tp_sum[t], fp_sum[t]
+                rc = tp / npig
+                pr = tp / (fp + tp + np.spacing(1))
+                recall[t, a, m] = rc[-1] if nd else 0
+                pr = np.maximum.accumulate(pr[::-1])[::-1]
+                inds = np.searchsorted(rc, rec_thrs, side="left")
+                # pycocotools fills recall thresholds up to the first one past the curve's end.
+                ok = inds < nd
+                q = np.zeros(num_r)
+                ss = np.zeros(num_r)
+                q[ok] = pr[inds[ok]]
+                ss[ok] = sorted_scores[inds[ok]]
+                precision[t, :, a, m] = q
+                scores[t, :, a, m] = ss
+    return precision, recall, scores
+
+
+class FastKeypointCOCOeval(COCOeval):
+    """``COCOeval(iouType="keypoints")`` with vectorised ``evaluate`` and ``accumulate``.
+
+    Same constructor and params; ``summarize()`` and ``stats`` are pycocotools' own. ``evalImgs``
+    stays empty; per-category data and matches are kept in ``self.category_data`` and
+    ``self.matches`` (dicts keyed by category id).
+    """
+
+    def __init__(self, cocoGt=None, cocoDt=None, iouType: str = "keypoints"):  # noqa: N803
+        if iouType != "keypoints":
+            raise ValueError("FastKeypointCOCOeval only evaluates keypoints")
+        super().__init__(cocoGt, cocoDt, iouType)
+        self.category_data: dict[int, CategoryData] = {}
+        self.matches: dict[int, MatchResult] = {}
+        self.pairs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def evaluate(self) -> None:
+        p = self.params
+        if not p.useCats:
+            raise ValueError("FastKeypointCOCOeval needs params.useCats = 1")
+        p.imgIds = list(np.unique(p.imgIds))
+        p.catIds = list(np.unique(p.catIds))
+        p.maxDets = sorted(p.maxDets)
+        sigmas = np.asarray(p.kpt_oks_sigmas, dtype=np.float64)
+        self.category_data, self.matches, self.pairs = {}, {}, {}
+        for cat_id in p.catIds:
+            data = prepare_category(self.cocoGt, self.cocoDt, p.imgIds, cat_id, p.maxDets[-1], len(sigmas))
+            pairs = pair_oks(data, sigmas)
+            self.category_data[cat_id] = data
+            self.pairs[cat_id] = pairs
+            self.matches[cat_id] = match(data, pairs, np.asarray(p.areaRng), p.iouThrs)
+        self.evalImgs = []
+        self._paramsEval = copy.deepcopy(p)
+
+    def accumulate(self, p=None) -> None:
+        p = self.params if p is None else p
+        num_t, num_r, num_k = len(p.iouThrs), len(p.recThrs), len(p.catIds)
+        num_a, num_m = len(p.areaRng), len(p.maxDets)
+        precision = -np.ones((num_t, num_r, num_k, num_a, num_m))
+        recall = -np.ones((num_t, num_k, num_a, num_m))
+        scores = -np.ones((num_t, num_r, num_k, num_a, num_m))
+        for k, cat_id in enumerate(p.catIds):
+            pr, rc, sc = accumulate(self.category_data[cat_id], self.matches[cat_id], p.recThrs, p.maxDets)
+            precision[:, :, k] = pr
+            recall[:, k] = rc
+            scores[:, :, k] = sc
+        self.eval = {
+            "params": p,
+            "counts": [num_t, num_r, num_k, num_a, num_m],
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+            "precision": precision,
+            "recall": recall,
+            "scores": scores,
+        }

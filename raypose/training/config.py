@@ -1,0 +1,216 @@
+"""The training run's configuration: YAML in, a validated :class:`TrainConfig` out.
+
+Config enters once: :func:`load_train_config` reads the YAML, applies ``--set key=value``
+overrides and validates; everything downstream takes the typed object. Unknown keys and bad
+values raise :class:`~raypose.errors.ConfigError` naming the file, the dotted key and the valid
+choices, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raypose.errors import ConfigError
+from raypose.model import ModelConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthConfig(_Strict):
+    """Generate the synthetic data set at ``data.root`` when it is missing."""
+
+    train: int = Field(default=64, gt=0, description="synthetic training images")
+    val: int = Field(default=16, gt=0, description="synthetic validation images")
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the merged 23-keypoint (or 17) COCO files and their images are.
+
+    Paths are relative to ``root`` unless absolute. The defaults follow the COCO 2017 layout
+    after ``raypose data prepare`` (``annotations/person_keypoints_{split}2017_foot23.json``).
+    """
+
+    root: str = "data/coco"
+    kind: Literal["coco", "synthetic"] = "coco"
+    train_ann: str = "annotations/person_keypoints_train2017_foot23.json"
+    train_images: str = "train2017"
+    val_ann: str = "annotations/person_keypoints_val2017_foot23.json"
+    val_images: str = "val2017"
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    train_limit: int | None = Field(default=None, gt=0, description="use only the first N training images")
+    val_limit: int | None = Field(default=None, gt=0, description="evaluate on the first N validation images")
+    loader_workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training worker")
+    hflip_prob: float = Field(default=0.5, ge=0.0, le=1.0)
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    photometric: bool = True
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else Path(self.root) / p
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.02, gt=0, description="base learning rate (peak lr of onecycle unless max_lr)")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="SGD momentum (ignored by AdamW)")
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    decay_norm_and_bias: bool = Field(default=False, description="apply weight decay to norm and bias parameters")
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["onecycle", "cosine", "multistep", "constant"] = "multistep"
+    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up optimizer steps (not onecycle)")
+    warmup_factor: float = Field(default=0.001, gt=0, le=1.0, description="lr multiplier at step 0 of warm-up")
+    milestones: list[float] = Field(
+        default_factory=lambda: [16 / 26, 22 / 26],
+        description="multistep: fractions of the run (<1) or epochs (>=1) where lr drops by gamma",
+    )
+    gamma: float = Field(default=0.1, gt=0, le=1.0)
+    max_lr: float | None = Field(default=None, gt=0, description="onecycle peak lr; default optim.lr")
+    pct_start: float = Field(default=0.3, gt=0, lt=1)
+    div_factor: float = Field(default=25.0, gt=1)
+    final_div_factor: float = Field(default=1e4, gt=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
+
+
+class MlflowConfig(_Strict):
+    enabled: bool = True
+    experiment: str = "raypose"
+    tracking_uri: str | None = Field(default=None, description="default: $MLFLOW_TRACKING_URI, else MLflow's own")
+    run_name: str | None = None
+    parent_run_id: str | None = Field(default=None, description="set by `raypose tune` for trial runs")
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    name: str = Field(default="raypose", description="run name: a rerun with the same name resumes")
+    storage_path: str = Field(default="runs", description="checkpoints and results (s3:// or NFS on clusters)")
+    seed: int = 0
+    epochs: int = Field(default=26, gt=0)
+    batch_size: int = Field(default=2, gt=0, description="images per worker per micro-batch")
+    accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
+    amp: bool = Field(default=True, description="mixed precision (float16 autocast + GradScaler) on GPU")
+    grad_clip: float | None = Field(default=None, gt=0, description="max global grad norm")
+    workers: int = Field(default=1, ge=0, description="Ray Train workers; 0 = local (one process)")
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    eval_batch_size: int = Field(default=4, gt=0)
+    eval_every: int = Field(default=1, gt=0, description="evaluate every N epochs (and after the last)")
+    keep_checkpoints: int = Field(default=2, gt=0)
+    log_every: int = Field(default=20, gt=0, description="log training progress every N optimizer steps")
+    activation_stats: list[str] = Field(
+        default_factory=list, description="module names whose activations are summarised each epoch"
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if "://" in self.storage_path and not self.storage_path.startswith(("s3://", "gs://", "file://")):
+            raise ValueError(f"storage_path {self.storage_path!r}: use a local path, s3://, gs:// or file://")
+        return self
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.storage_path, self.name)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as flat dotted keys (``optim.lr``), for MLflow params and Tune."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump()
+    flat: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            flat.update(flatten(v, f"{prefix}{k}."))
+        return flat
+    return {prefix[:-1]: obj}
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``key = "a.b"``, creating dicts on the way."""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["optim.lr=0.01", "model.freeze=roi"]`` to ``{"optim.lr": 0.01, ...}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set optim.lr=0.01")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from a file.
+
+    Raises:
+        ConfigError: missing file, YAML syntax error, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return raw
+
+
+def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a nested dict into a :class:`TrainConfig`, with errors that name key and choices."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid setting(s):"]
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see the documented keys in README)")
+        elif err["type"] == "literal_error":
+            lines.append(f"  {key}: {err['input']!r} is not valid; {err['msg'].lower()}")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_train_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read ``path``, apply ``--set`` overrides, validate."""
+    raw = read_yaml(path)
+    for key, value in parse_overrides(overrides).items():
+        set_dotted(raw, key, value)
+    return validate_train_config(raw, source=str(path))
+
+
+def save_resolved_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write the fully resolved config (every default filled in) as YAML, atomically."""
+    from raypose.io import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,117 @@
+"""Optimizers and learning-rate schedules (pure torch).
+
+Schedules step once per optimizer step (not per micro-batch, not per epoch), so their shape
+does not change with gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+from raypose.training.config import OptimConfig, ScheduleConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Trainable parameters in two groups: with weight decay, and without for norms and biases.
+
+    Norm scales and biases are 1-d tensors; decaying them pulls activations towards zero for
+    no regularising benefit, so by default they get ``weight_decay = 0``.
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 and not decay_norm_and_bias else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov off, as torchvision's recipe) or AdamW over the trainable parameters.
+
+    Raises:
+        ValueError: the model has no trainable parameter (everything frozen).
+    """
+    groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias)
+    if not any(g["params"] for g in groups):
+        raise ValueError("no trainable parameters: the freeze level froze the whole model")
+    if config.name == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def _with_warmup(factor: Callable[[int], float], config: ScheduleConfig) -> Callable[[int], float]:
+    def lr_factor(step: int) -> float:
+        if step < config.warmup_steps:
+            alpha = step / config.warmup_steps
+            return (config.warmup_factor * (1 - alpha) + alpha) * factor(step)
+        return factor(step)
+
+    return lr_factor
+
+
+def _constant(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    return lambda step: 1.0
+
+
+def _cosine(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        progress = min(step / max(total_steps, 1), 1.0)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def milestone_steps(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> list[int]:
+    """Milestones in optimizer steps: values < 1 are fractions of the run, values >= 1 epochs."""
+    steps = [round(m * total_steps) if m < 1 else round(m * steps_per_epoch) for m in config.milestones]
+    return sorted(steps)
+
+
+def _multistep(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    steps = milestone_steps(config, total_steps, steps_per_epoch)
+    return lambda step: config.gamma ** bisect.bisect_right(steps, step)
+
+
+# Lookup table, not a registry: these are all the schedules there are.
+LAMBDA_SCHEDULES = {"constant": _constant, "cosine": _cosine, "multistep": _multistep}
+SCHEDULE_NAMES = ("onecycle", *LAMBDA_SCHEDULES)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, epochs: int
+) -> LRScheduler:
+    """The schedule ``config.name`` over ``steps_per_epoch * epochs`` optimizer steps.
+
+    ``onecycle`` is torch's OneCycleLR (Smith's 1cycle policy: warm up to ``max_lr`` over
+    ``pct_start`` of the run, anneal to ``max_lr / (div_factor * final_div_factor)``); momentum
+    (or Adam's beta1) cycles inversely. The others are a LambdaLR with optional linear warm-up.
+
+    Raises:
+        ValueError: unknown schedule name (lists the valid ones) or an empty run.
+    """
+    total = steps_per_epoch * epochs
+    if total <= 0:
+        raise ValueError(f"a schedule needs at least one optimizer step (steps_per_epoch={steps_per_epoch})")
+    if config.name == "onecycle":
+        max_lr = config.max_lr or optimizer.param_groups[0]["lr"]
+        return OneCycleLR(
+            optimizer,
+            max_lr=max_lr,
+            total_steps=total,
+            pct_start=config.pct_start,
+            div_factor=config.div_factor,
+            final_div_factor=config.final_div_factor,
+        )
+    if config.name not in LAMBDA_SCHEDULES:
+        raise ValueError(f"unknown schedule {config.name!r}; valid: {', '.join(SCHEDULE_NAMES)}")
+    factor = LAMBDA_SCHEDULES[config.name](config, total, steps_per_epoch)
+    return LambdaLR(optimizer, _with_warmup(factor, config))

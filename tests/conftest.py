@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny synthetic data set built once per test session.
+
+``synth_data`` is used by many test modules (data, training, evaluation, analysis); keep its
+name and attributes stable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@dataclass(frozen=True)
+class SynthData:
+    """A generated data set: source files plus the merged 23-keypoint files."""
+
+    root: Path
+    train_ann: Path  # merged 23-keypoint COCO JSON (train)
+    val_ann: Path  # merged 23-keypoint COCO JSON (val)
+    train_images: Path
+    val_images: Path
+    train_coco: Path  # the 17-keypoint COCO source files and CMU-style foot files
+    val_coco: Path
+    train_foot: Path
+    val_foot: Path
+
+    def __getitem__(self, key: str):  # dict-style access too: synth_data["train_ann"]
+        return getattr(self, key)
+
+
+SYNTH_TRAIN_IMAGES = 6
+SYNTH_VAL_IMAGES = 4
+SYNTH_SEED = 0
+SYNTH_IMAGE_SIZE = (128, 192)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthData:
+    """6 train + 4 val synthetic images (128-192 px sides), merged to 23 keypoints."""
+    from raypose.data.synth import generate_synthetic_dataset, prepare_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    layout = generate_synthetic_dataset(
+        root, SYNTH_TRAIN_IMAGES, SYNTH_VAL_IMAGES, seed=SYNTH_SEED, image_size=SYNTH_IMAGE_SIZE
+    )
+    merged = prepare_dataset(root)
+    return SynthData(
+        root=root,
+        train_ann=merged["train"],
+        val_ann=merged["val"],
+        train_images=layout.images("train"),
+        val_images=layout.images("val"),
+        train_coco=layout.coco("train"),
+        val_coco=layout.coco("val"),
+        train_foot=layout.foot("train"),
+        val_foot=layout.foot("val"),
+    )
+
+
+@pytest.fixture(scope="session")
+def synth_root(synth_data: SynthData) -> Path:
+    """The synthetic data set's root folder (``annotations/``, ``train2017/``, ``val2017/``)."""
+    return synth_data.root

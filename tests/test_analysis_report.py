@@ -1,0 +1,144 @@
+"""summary.json, gallery and report.html; the report is opened in headless Chromium when available."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_analysis_errors import make_scene
+
+from raypose.analysis.data import analysis_input_from_dicts
+from raypose.analysis.report import write_report
+from raypose.analysis.summary import compute_analysis
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium_binary() -> str | None:
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def dump_dom(html_path: Path, profile: Path) -> str:
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no chromium binary found (install the Debian package `chromium`)")
+    cmd = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--dump-dom",
+        html_path.resolve().as_uri(),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def scene_report(tmp_path_factory):
+    gt, dets, expected = make_scene(23)
+    images = tmp_path_factory.mktemp("images")
+    for image in gt["images"]:
+        Image.new("RGB", (image["width"], image["height"]), (30, 60, 90)).save(images / image["file_name"])
+    inp = analysis_input_from_dicts(gt, dets, "gt.json", "dets.json")
+    result = compute_analysis(inp, worst=5)
+    out = tmp_path_factory.mktemp("report")
+    paths = write_report(result, out, images_dir=images, max_listed=5)
+    return out, paths, expected
+
+
+def test_summary_holds_the_required_fields(scene_report):
+    out, paths, expected = scene_report
+    summary = json.loads(paths["summary"].read_text())
+    codes = list(expected.values())
+    # detection on A has the hand-placed errors; B's detection is all good (23 points)
+    assert summary["errors"] == {
+        "good": codes.count(0) + 23,
+        "jitter": codes.count(1),
+        "inversion": codes.count(2),
+        "swap": codes.count(3),
+        "miss": codes.count(4),
+    }
+    assert summary["per_keypoint"]["left_heel"]["inversion"] == 1
+    assert summary["per_keypoint"]["right_big_toe"]["miss"] == 1
+    assert len(summary["per_keypoint"]) == 23
+    assert [s["step"] for s in summary["progressive"]] == [
+        "original", "miss", "swap", "inversion", "jitter", "score", "background_fp", "false_negative",
+    ]  # fmt: skip
+    assert all(s["ap"] is not None for s in summary["progressive"])
+    # image 2 (a missed person and a background detection) is worse than image 1
+    assert summary["worst"] == [2, 1]
+    assert summary["background_false_positives"][0]["image_id"] == 2
+    assert summary["false_negatives"] == [
+        {"image_id": 2, "annotation_id": 20, "num_keypoints": 23, "area": 2000.0}
+    ]
+    assert np.isclose(sum(v for v in summary["oks_loss_share"].values() if v is not None), 1.0)
+    for rel in [*summary["files"]["plots"].values(), *summary["files"]["gallery"]["worst"]]:
+        assert (out / rel).is_file(), rel
+    per_det = json.loads(paths["per_detection"].read_text())
+    assert [d["matched_annotation_id"] for d in per_det] == [10, 11, None]
+    assert per_det[1]["oks"] == pytest.approx(1.0)
+
+
+def test_gallery_draws_ground_truth_and_predictions(scene_report):
+    out, _, _ = scene_report
+    worst = Image.open(out / "gallery" / "worst_001_1.png").convert("RGB")
+    assert max(worst.size) <= 640
+    pixels = np.asarray(worst).reshape(-1, 3)
+    background = (pixels == (30, 60, 90)).all(axis=1)
+    assert 0.5 < background.mean() < 0.995  # something is drawn, on the real image
+    green = (pixels == (60, 230, 60)).all(axis=1)
+    magenta = (pixels == (230, 60, 230)).all(axis=1)
+    assert green.any() and magenta.any()
+    for color in ((40, 200, 40), (255, 215, 0), (255, 120, 0), (255, 30, 30), (150, 60, 255)):
+        assert (pixels == color).all(axis=1).any(), color  # every category has a coloured point
+    assert (pixels > 200).all(axis=1).sum() > 50  # white keypoint-score labels (anti-aliased)
+    fp_image = np.asarray(Image.open(out / "gallery" / "fp_000_2.png").convert("RGB")).reshape(-1, 3)
+    assert (fp_image == (255, 40, 40)).all(axis=1).any()  # the false positive is boxed in red
+
+
+def test_report_renders_in_headless_chromium(scene_report, tmp_path):
+    out, paths, _ = scene_report
+    dom = dump_dom(paths["report"], tmp_path / "profile")
+    for section in (
+        "errors",
+        "progressive",
+        "worst",
+        "background-fp",
+        "false-negatives",
+        "progressive-table",
+    ):
+        assert f'id="{section}"' in dom
+    loaded = re.search(r'id="images-loaded">(\d+)<', dom)
+    total = re.search(r'id="images-total">(\d+)<', dom)
+    assert loaded and total, "the page script did not run"
+    assert int(total.group(1)) >= 7 + 2  # plots + gallery
+    assert loaded.group(1) == total.group(1)
+
+
+def test_chromium_sees_a_missing_image(scene_report, tmp_path):
+    out, paths, _ = scene_report
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "plots" / "original_pr.png").unlink()
+    dom = dump_dom(copy / "report.html", tmp_path / "profile")
+    loaded = int(re.search(r'id="images-loaded">(\d+)<', dom).group(1))
+    total = int(re.search(r'id="images-total">(\d+)<', dom).group(1))
+    assert loaded == total - 1

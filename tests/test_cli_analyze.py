@@ -1,0 +1,113 @@
+"""``raypose analyze`` end to end on hand-built files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+from test_analysis_errors import make_scene
+from test_analysis_oracle import small_scene, tiny_checkpoint  # noqa: F401  (fixture)
+
+from raypose.cli.main import main
+
+
+def write_files(tmp_path, gt, dets):
+    gt_path, dets_path = tmp_path / "gt.json", tmp_path / "dets.json"
+    gt_path.write_text(json.dumps(gt))
+    dets_path.write_text(json.dumps(dets))
+    return gt_path, dets_path
+
+
+def test_analyze_writes_summary_and_report(tmp_path, capsys):
+    gt, dets, expected = make_scene(17)
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    out = tmp_path / "out"
+    assert main(["analyze", str(gt_path), str(dets_path), "--out", str(out), "--worst", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"]["swap"] == list(expected.values()).count(3) == 2
+    assert summary["errors"]["inversion"] == 1
+    assert summary["worst"] == [2]  # --worst 1: only the worst image
+    assert len(summary["progressive"]) == 8
+    assert (out / "report.html").is_file()
+    assert len(list((out / "gallery").glob("worst_*.png"))) == 1
+    printed = capsys.readouterr().out
+    assert "Optimal score" in printed and "swap 2" in printed
+
+
+def test_checkpoint_needs_images(tmp_path, capsys):
+    gt, dets, _ = make_scene(17)
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    code = main(
+        ["analyze", str(gt_path), str(dets_path), "--out", str(tmp_path / "o"), "--checkpoint", "x.pth"]
+    )
+    assert code == 2
+    assert "--images" in capsys.readouterr().err
+
+
+def test_bad_detections_file_names_file_and_detection(tmp_path, capsys):
+    gt, dets, _ = make_scene(17)
+    dets[1]["keypoints"] = dets[1]["keypoints"][:-3]
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    assert main(["analyze", str(gt_path), str(dets_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "dets.json" in err and "detection #1" in err and "51" in err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_analyze_with_checkpoint_runs_the_oracle_study(tmp_path, tiny_checkpoint):  # noqa: F811
+    images = tmp_path / "images"
+    images.mkdir()
+    gt, dets = small_scene(23, images)
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    out = tmp_path / "out"
+    args = ["analyze", str(gt_path), str(dets_path), "--out", str(out), "--images", str(images)]
+    assert main([*args, "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    oracle = summary["oracle"]
+    assert oracle["num_boxes"] == 3
+    assert oracle["detections"]["ap"] == summary["progressive"][0]["ap"]
+    assert 'id="oracle"' in (out / "report.html").read_text()
+    assert (out / summary["files"]["plots"]["oracle_loss"]).is_file()
+
+
+def test_analyze_on_the_synthetic_data_set(tmp_path, synth_data):
+    """Real file layout: merged 23-keypoint validation file, its images, noisy copies as detections."""
+    gt = json.loads(synth_data.val_ann.read_text())
+    rng = np.random.default_rng(0)
+    dets = []
+    for ann in gt["annotations"]:
+        if ann.get("iscrowd") or ann["num_keypoints"] == 0:
+            continue
+        kpts = np.asarray(ann["keypoints"], dtype=float).reshape(-1, 3)
+        kpts[:, :2] += rng.normal(0, 2.0, (len(kpts), 2))
+        kpts[:, 2] = 1
+        dets.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": 1,
+                "keypoints": kpts.reshape(-1).tolist(),
+                "score": 0.9,
+            }
+        )
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text(json.dumps(dets))
+    out = tmp_path / "out"
+    args = [
+        "analyze",
+        str(synth_data.val_ann),
+        str(dets_path),
+        "--out",
+        str(out),
+        "--images",
+        str(synth_data.val_images),
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_keypoints"] == 23
+    assert summary["errors"]["good"] > 0
+    assert len(summary["worst"]) == len(gt["images"])
+    worst = Image.open(out / summary["files"]["gallery"]["worst"][0]).convert("RGB")
+    first = next(i for i in gt["images"] if i["id"] == summary["worst"][0])
+    assert worst.size == (first["width"], first["height"])  # the real image (small: not scaled)
+    assert np.asarray(worst).std() > 10  # drawn on the photo, not a flat canvas

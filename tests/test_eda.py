@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raypose.data.annotations import load_keypoint_annotations
+from raypose.data.draw import draw_skeletons
+from raypose.data.eda import check_annotations, dataset_stats, write_samples, write_stats
+from raypose.errors import InputError
+from raypose.schema import COCO17, COCO23
+
+
+def test_stats_match_the_arrays(synth_data, tmp_path):
+    ann = load_keypoint_annotations(synth_data.train_ann)
+    summary = write_stats(synth_data.train_ann, tmp_path)
+    people = ~ann.iscrowd
+    assert summary["images"] == 6 and summary["people"] == int(people.sum())
+    assert sum(summary["people_per_image"]["histogram"].values()) == 6
+    nose = (ann.keypoints[people, 0, 2] > 0).mean()
+    assert summary["keypoints"]["nose"]["labelled_fraction"] == pytest.approx(nose, abs=1e-4)
+    heel = (ann.keypoints[people, COCO23.index("right_heel"), 2] == 2).mean()
+    assert summary["keypoints"]["right_heel"]["visible_fraction"] == pytest.approx(heel, abs=1e-4)
+    assert sum(summary["area_ranges"].values()) == summary["people"]
+    assert json.loads((tmp_path / "summary.json").read_text())["people"] == summary["people"]
+    for name in ("people_per_image.png", "keypoint_fractions.png", "box_sizes.png"):
+        assert Image.open(tmp_path / name).size[0] > 100
+
+
+def test_stats_count_crowd_apart():
+    from raypose.data.annotations import keypoint_annotations_from_dict
+
+    kps = [0] * 51
+    kps[0:3] = [1, 1, 2]
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a", "width": 9, "height": 9},
+            {"id": 2, "file_name": "b", "width": 9, "height": 9},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "keypoints": kps, "bbox": [0, 0, 4, 4], "area": 16},
+            {
+                "id": 2,
+                "image_id": 1,
+                "keypoints": [0] * 51,
+                "bbox": [0, 0, 40, 40],
+                "area": 1600,
+                "iscrowd": 1,
+            },
+        ],
+        "categories": [COCO17.coco_category(1)],
+    }
+    summary = dataset_stats(keypoint_annotations_from_dict(data))
+    assert (summary["people"], summary["crowd_regions"], summary["images_without_people"]) == (1, 1, 1)
+    assert summary["people_per_image"]["histogram"] == {0: 1, 1: 1}
+    assert summary["area_ranges"]["small"] == 1
+
+
+def test_show_writes_augmented_previews(synth_data, tmp_path):
+    paths = write_samples(synth_data.train_ann, synth_data.train_images, tmp_path, num_images=3, seed=1)
+    assert len(paths) == 3 and all(p.suffix == ".png" and p.exists() for p in paths)
+
+
+def test_draw_skeletons_marks_visible_points():
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    kps = np.zeros((1, 17, 3))
+    kps[0, 0] = [10, 10, 2]
+    kps[0, 1] = [30, 30, 0]  # not labelled: not drawn
+    out = np.asarray(draw_skeletons(image, kps, COCO17, boxes=[[2, 2, 8, 8]], scores=[0.9]))
+    assert out[10, 10].any() and not out[30, 30].any() and out[2, 5].any()
+
+
+def _bad_file(tmp_path):
+    kps = [0] * 51
+    kps[0:3] = [5, 5, 2]
+    good = {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 1,
+        "keypoints": kps,
+        "bbox": [0, 0, 10, 10],
+        "num_keypoints": 1,
+    }
+    anns = [good]
+    anns.append(dict(good, id=2, bbox=[0, 0, 0, 10]))  # zero-area box
+    anns.append(dict(good, id=3, keypoints=[5, 5, 7] + [0] * 48))  # bad visibility
+    anns.append(dict(good, id=4, keypoints=[50, 5, 2] + [0] * 48, bbox=[0, 0, 60, 10]))  # outside image
+    anns.append(dict(good, id=5, keypoints=[0] * 51, num_keypoints=0))  # no labels
+    anns.append(dict(good, id=6, keypoints=[9, 9, 2] + [0] * 48, bbox=[0, 0, 3, 3]))  # outside box
+    anns.append(dict(good, id=7, keypoints=[0] * 12))  # wrong count
+    anns.append(dict(good, id=8, image_id=99))  # unknown image
+    anns.append(dict(good, id=9, category_id=4))  # unknown category
+    data = {
+        "images": [{"id": 1, "file_name": "x.jpg", "width": 20, "height": 20}],
+        "annotations": anns,
+        "categories": [COCO17.coco_category(1)],
+    }
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_check_reports_every_problem_with_ids(tmp_path):
+    report = check_annotations(_bad_file(tmp_path), image_dir=tmp_path)
+    found = {(i.kind, i.ann_id) for i in report.issues}
+    for kind, ann_id in [
+        ("zero-area box", 2),
+        ("bad visibility", 3),
+        ("keypoint outside image", 4),
+        ("no labelled keypoint", 5),
+        ("keypoint outside box", 6),
+        ("wrong keypoint count", 7),
+        ("unknown image", 8),
+        ("unknown category", 9),
+    ]:
+        assert (kind, ann_id) in found
+    assert not any(i.ann_id == 1 for i in report.issues)
+    assert ("missing image file", None) in found
+    assert report.counts()["error: zero-area box"] == 1
+    assert {i.severity for i in report.issues if i.kind == "keypoint outside box"} == {"warning"}
+
+
+def test_check_is_clean_on_synthetic_data_and_rejects_unreadable(synth_data, tmp_path):
+    assert check_annotations(synth_data.train_ann, synth_data.train_images).errors == []
+    (tmp_path / "x.json").write_text("[1, 2")
+    with pytest.raises(InputError, match="x.json: not valid JSON"):
+        check_annotations(tmp_path / "x.json")
