@@ -66,3 +66,60 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthData:
 def synth_root(synth_data: SynthData) -> Path:
     """The synthetic data set's root folder (``annotations/``, ``train2017/``, ``val2017/``)."""
     return synth_data.root
+
+
+# A CPU-sized model: small heads, few sampled ROIs, small images. Trains at a few images/s on 2 cores.
+TINY_MODEL = {
+    "backbone": "resnet18",
+    "weights": None,
+    "backbone_weights": None,
+    "norm": "batch",
+    "keypoint_head_channels": [64, 64, 64, 64],
+    "box_head_size": 256,
+    "box_batch_size_per_image": 64,
+    "rpn_post_nms_top_n_train": 300,
+    "min_size": [128],
+    "max_size": 160,
+}
+
+
+@pytest.fixture
+def tiny_train_config(synth_data: SynthData, tmp_path: Path) -> dict:
+    """A raw training config (a dict, as YAML would give) for the tiny model on ``synth_data``."""
+    return {
+        "name": "tiny",
+        "storage_path": str(tmp_path / "runs"),
+        "epochs": 1,
+        "batch_size": 2,
+        "workers": 0,
+        "amp": False,
+        "eval_batch_size": 4,
+        "log_every": 1,
+        "model": dict(TINY_MODEL),
+        "data": {
+            "root": str(synth_data.root),
+            "kind": "synthetic",
+            "loader_workers": 0,
+            "train_limit": 4,
+            "val_limit": 4,
+        },
+        "optim": {"name": "adamw", "lr": 0.001},
+        "schedule": {"name": "onecycle"},
+        "mlflow": {"enabled": False},
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the test session, with more logical CPUs than this machine's cores.
+
+    A Tune trial and each of its Train workers hold a CPU slot: on a 2-core CI machine that is
+    more slots than cores, so Ray is told it has 6.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -20,7 +20,7 @@ from raypose.model import ModelConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class SynthConfig(_Strict):
@@ -158,8 +158,21 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set optim.lr=0.01")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        out[key.strip()] = _parse_value(raw)
     return out
+
+
+def _parse_value(raw: str) -> Any:
+    """A YAML scalar or list; ``1e-3`` is a float too (YAML 1.1 reads it as a string)."""
+    if not raw.strip():
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -17,29 +17,39 @@ LOSS_CURVES = ("train_loss", "loss_keypoint", "loss_classifier", "loss_box_reg",
 METRIC_CURVES = ("oks_map", "oks_ap50", "oks_ap75", "oks_ar")
 
 
-def plot_history(history: Sequence[dict], path: str | os.PathLike, extra_losses: dict[str, Sequence[float]] | None = None) -> Path:
+def plot_history(
+    history: Sequence[dict],
+    path: str | os.PathLike,
+    extra_losses: dict[str, tuple[Sequence[int], Sequence[float]]] | None = None,
+    metric_title: str = "validation OKS",
+) -> Path:
     """Two panels: losses per epoch (log scale) and OKS metrics per epoch; written atomically.
 
-    ``extra_losses`` adds curves to the loss panel (e.g. ``{"val_loss": [...]}``).
+    Missing values are skipped. ``extra_losses`` adds ``name: (epochs, values)`` curves to the
+    loss panel (e.g. a validation loss measured every few epochs).
     """
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = [m["epoch"] for m in history]
     for key in LOSS_CURVES:
-        values = [m.get(key) for m in history]
-        if any(v is not None for v in values):
-            ax_loss.plot(epochs, values, marker="o", ms=3, label=key, lw=2 if key == "train_loss" else 1)
-    for key, values in (extra_losses or {}).items():
-        ax_loss.plot(epochs[: len(values)], values, marker="s", ms=3, label=key, lw=2, ls="--")
+        xs, ys = _series(history, key)
+        if xs:
+            ax_loss.plot(xs, ys, marker="o", ms=3, label=key, lw=2 if key == "train_loss" else 1)
+    for key, (xs, ys) in (extra_losses or {}).items():
+        ax_loss.plot(xs, ys, marker="s", ms=3, label=key, lw=2, ls="--")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="losses", yscale="log")
     ax_loss.legend(fontsize=7)
     for key in METRIC_CURVES:
-        values = [m.get(key) for m in history]
-        if any(v is not None for v in values):
-            ax_metric.plot(epochs, values, marker="o", ms=3, label=key)
-    ax_metric.set(xlabel="epoch", ylabel="OKS metric", title="validation OKS", ylim=(0, 1))
+        xs, ys = _series(history, key)
+        if xs:
+            ax_metric.plot(xs, ys, marker="o", ms=3, label=key)
+    ax_metric.set(xlabel="epoch", ylabel="OKS metric", title=metric_title, ylim=(0, 1))
     ax_metric.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def _series(history: Sequence[dict], key: str) -> tuple[list, list]:
+    pairs = [(m["epoch"], m[key]) for m in history if m.get(key) is not None]
+    return [p[0] for p in pairs], [p[1] for p in pairs]

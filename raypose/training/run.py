@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from raypose.checkpoint import load_checkpoint, save_checkpoint
 from raypose.data.dataset import KeypointDataset, collate_fn
 from raypose.data.transforms import build_train_transforms
-from raypose.errors import ConfigError
+from raypose.errors import ConfigError, InputError
 from raypose.model import build_model
 from raypose.training.activations import ActivationStats
 from raypose.training.config import TrainConfig, flatten
@@ -104,6 +104,31 @@ class LocalSession:
         return dirs[-1] / CHECKPOINT_FILE if dirs else None
 
 
+def ensure_data(config: TrainConfig) -> None:
+    """Make sure the data the config names is there; generate the synthetic set when missing.
+
+    Raises:
+        InputError: COCO files are missing; the message says how to download and prepare them.
+    """
+    data = config.data
+    needed = [data.path(data.train_ann), data.path(data.val_ann)]
+    if all(p.is_file() for p in needed):
+        return
+    if data.kind == "synthetic":
+        from raypose.data.synth import generate_synthetic_dataset, prepare_dataset
+
+        log.info("generating the synthetic data set in %s", data.root)
+        generate_synthetic_dataset(data.root, data.synth.train, data.synth.val, seed=data.synth.seed)
+        prepare_dataset(data.root)
+        return
+    missing = ", ".join(str(p) for p in needed if not p.is_file())
+    raise InputError(
+        f"data not found: {missing}. Download COCO 2017 (train2017, val2017, "
+        "annotations_trainval2017) and the CMU foot annotations (person_keypoints_{train,val}2017_foot_v1.json) "
+        f"into {data.root} as described in the README, then run `raypose data prepare --root {data.root}`"
+    )
+
+
 def build_datasets(config: TrainConfig) -> tuple[KeypointDataset, KeypointDataset]:
     """The training and validation datasets the config names.
 
@@ -156,6 +181,19 @@ def make_train_loader(train, config: TrainConfig, session: Session, epoch_seed: 
     )
 
 
+def replica_divergence(model: torch.nn.Module) -> float:
+    """Largest difference between the ranks' sums of their parameters (0 when DDP keeps them in sync).
+
+    A cheap health check once per epoch: one scalar per rank is gathered.
+    """
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    values = torch.cat(gathered)
+    return float(values.max() - values.min())
+
+
 def evaluate_distributed(model, val, config: TrainConfig, session: Session) -> dict[str, float]:
     """OKS metrics on the validation set: each rank predicts a shard, rank 0 evaluates.
 
@@ -203,7 +241,7 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, config.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    start_epoch, history, mlflow_run_id = _restore(session, model, optimizer, scheduler, scaler)
+    start_epoch, history, mlflow_run_id = _restore(session, model, optimizer, scheduler, scaler, config)
     tracker = _start_tracking(config, mlflow_run_id) if rank == 0 else None
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -233,10 +271,14 @@ def _run_epoch(config, session, model, optimizer, scheduler, scaler, loader, val
         grad_clip=config.grad_clip, log_every=config.log_every,
     )
     metrics.update(train_metrics)
+    metrics["world_size"] = session.world_size
+    if session.world_size > 1:
+        metrics["replica_divergence"] = replica_divergence(model)
     if act_stats is not None:
         metrics.update(act_stats.collect())
     last = epoch + 1 == config.epochs
-    if (epoch + 1) % config.eval_every == 0 or last:
+    evaluated_before = any(m.get("evaluated") for m in history)
+    if (epoch + 1) % config.eval_every == 0 or last or not evaluated_before:
         metrics.update(evaluate_distributed(model, val, config, session))
         metrics["evaluated"] = 1
     elif history:  # carry the last evaluation forward so schedulers always see the metric
@@ -264,14 +306,23 @@ def _run_epoch(config, session, model, optimizer, scheduler, scaler, loader, val
     return metrics
 
 
-def _restore(session, model, optimizer, scheduler, scaler) -> tuple[int, list[dict], str | None]:
+def _restore(session, model, optimizer, scheduler, scaler, config) -> tuple[int, list[dict], str | None]:
     ckpt = session.latest_checkpoint()
     if ckpt is None:
         return 0, [], None
     net = model.module if isinstance(model, DistributedDataParallel) else model
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    total_steps = getattr(scheduler, "total_steps", None)
     scheduler.load_state_dict(ckpt["scheduler"])
+    saved_epochs = ckpt.get("config", {}).get("epochs", config.epochs)
+    if saved_epochs != config.epochs:
+        log.warning(
+            "resuming a %d-epoch run as a %d-epoch run: the %s schedule is stretched to the new length",
+            saved_epochs, config.epochs, config.schedule.name,
+        )
+        if total_steps is not None:  # OneCycleLR saves its length; the lambda schedules do not
+            scheduler.total_steps = total_steps
     scaler.load_state_dict(ckpt["scaler"])
     log.info("resumed after epoch %d", ckpt["epoch"])
     return int(ckpt["epoch"]), list(ckpt.get("history", [])), ckpt.get("mlflow_run_id")

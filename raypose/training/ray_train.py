@@ -1,0 +1,131 @@
+"""The one module that talks to Ray Train (Ray 2.60, Train V2 API).
+
+:func:`fit` builds a ``TorchTrainer`` whose workers run :func:`raypose.training.run.run_training`
+with a :class:`RaySession`. NCCL and one GPU per worker where GPUs exist, gloo on CPU (Ray Train
+picks the backend). A run started again with the same ``name`` and ``storage_path`` finds its
+checkpoints in storage and resumes from the latest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raypose.checkpoint import load_checkpoint
+from raypose.errors import ConfigError
+from raypose.training.config import TrainConfig
+from raypose.training.run import CHECKPOINT_FILE, run_training
+
+log = logging.getLogger(__name__)
+
+
+class RaySession:
+    """:class:`raypose.training.run.Session` on a Ray Train worker."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.world_rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"epoch_{int(metrics['epoch']):04d}",
+        )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker: the config arrives as a plain dict."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train_config = TrainConfig.model_validate(config)
+    torch.set_num_threads(max(1, int(train_config.cpus_per_worker)))
+    run_training(train_config, RaySession())
+
+
+def init_ray(min_cpus: float = 1.0) -> None:
+    """Connect to the cluster at ``$RAY_ADDRESS``, or start a local Ray instance.
+
+    A local instance advertises at least ``min_cpus`` logical CPUs: a Tune trial plus its Train
+    workers each hold a CPU slot, which on a small machine is more slots than cores. The
+    threads per worker are set from ``cpus_per_worker`` either way.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    num_cpus = max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def use_gpu(config: TrainConfig) -> bool:
+    """Whether workers get a GPU: ``auto`` means yes when the Ray cluster has GPUs."""
+    if config.use_gpu != "auto":
+        return config.use_gpu == "yes"
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def storage_uri(config: TrainConfig) -> str:
+    """Ray needs an absolute local path or a URI."""
+    if "://" in config.storage_path:
+        return config.storage_path
+    return os.path.abspath(config.storage_path)
+
+
+def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failures: int = 0) -> TorchTrainer:
+    """A ``TorchTrainer`` for ``config`` (``config.workers`` >= 1).
+
+    Raises:
+        ConfigError: ``workers`` is 0 (that is the local mode, which needs no Ray).
+    """
+    if config.workers < 1:
+        raise ConfigError("workers: 0 means local mode; Ray Train needs workers >= 1")
+    gpu = use_gpu(config)
+    resources = {"CPU": config.cpus_per_worker}
+    if gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config.model_dump(mode="json"),
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=config.name,
+            storage_path=storage_uri(config),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.keep_checkpoints,
+                checkpoint_score_attribute="oks_map",
+                checkpoint_score_order="max",
+            ),
+            callbacks=callbacks,
+            # Ray Train's print patch logs every print, even one inside contextlib.redirect_stdout;
+            # pycocotools prints a table per evaluation that raypose already logs as numbers.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        ),
+    )
+
+
+def fit(config: TrainConfig, max_failures: int = 0) -> ray.train.Result:
+    """Run the training on Ray Train and return its result (metrics, best checkpoints)."""
+    return build_trainer(config, max_failures=max_failures).fit()

@@ -1,0 +1,78 @@
+"""Optimizers and schedules: parameter groups, schedule shapes, per-optimizer-step stepping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from raypose.training.config import OptimConfig, ScheduleConfig
+from raypose.training.optim import build_optimizer, build_scheduler, milestone_steps, parameter_groups
+
+
+def model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+
+def lrs(schedule: ScheduleConfig, steps_per_epoch: int, epochs: int, lr: float = 0.1) -> list[float]:
+    opt = build_optimizer(model(), OptimConfig(name="sgd", lr=lr))
+    sched = build_scheduler(opt, schedule, steps_per_epoch, epochs)
+    out = []
+    for _ in range(steps_per_epoch * epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    m = model()
+    groups = parameter_groups(m, 1e-4, decay_norm_and_bias=False)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert decayed == {id(m[0].weight), id(m[3].weight)}
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 4  # conv bias, bn w+b, linear bias
+    assert len(parameter_groups(m, 1e-4, decay_norm_and_bias=True)[0]["params"]) == 6
+
+
+def test_frozen_parameters_are_left_out_and_all_frozen_is_an_error():
+    m = model()
+    m[0].weight.requires_grad_(False)
+    opt = build_optimizer(m, OptimConfig(name="adamw", lr=1e-3))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 5
+    for p in m.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_optimizer(m, OptimConfig())
+
+
+def test_onecycle_peaks_at_pct_start_and_ends_far_below():
+    values = lrs(ScheduleConfig(name="onecycle", pct_start=0.25, div_factor=10, final_div_factor=100), 10, 4, lr=0.1)
+    peak = max(range(len(values)), key=values.__getitem__)
+    assert peak == pytest.approx(0.25 * 40 - 1, abs=1)
+    assert values[0] == pytest.approx(0.01)
+    assert values[peak] == pytest.approx(0.1, rel=1e-3)
+    assert values[-1] < 0.001
+
+
+def test_multistep_drops_at_fractions_or_epochs():
+    values = lrs(ScheduleConfig(name="multistep", milestones=[0.5, 0.75], gamma=0.1), 4, 4)
+    assert values[7] == pytest.approx(0.1) and values[8] == pytest.approx(0.01) and values[12] == pytest.approx(0.001)
+    assert milestone_steps(ScheduleConfig(milestones=[2, 3]), 40, 10) == [20, 30]
+
+
+def test_warmup_then_constant_and_cosine_endpoints():
+    warm = lrs(ScheduleConfig(name="constant", warmup_steps=4, warmup_factor=0.1), 5, 2)
+    assert warm[0] == pytest.approx(0.01)
+    assert warm[2] == pytest.approx(0.1 * (0.1 * 0.5 + 0.5))
+    assert warm[4:] == pytest.approx([0.1] * 6)
+    cos = lrs(ScheduleConfig(name="cosine", min_lr_ratio=0.1), 10, 1)
+    assert cos[0] == pytest.approx(0.1)
+    assert cos[5] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))
+    assert all(a >= b for a, b in zip(cos, cos[1:]))
+
+
+def test_empty_run_is_an_error():
+    opt = build_optimizer(model(), OptimConfig())
+    with pytest.raises(ValueError, match="at least one optimizer step"):
+        build_scheduler(opt, ScheduleConfig(), 0, 5)

@@ -1,0 +1,125 @@
+"""A training run in one process: epochs, checkpoints, resume, the overfitting check, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from raypose.checkpoint import load_checkpoint, load_model_from_checkpoint
+from raypose.cli.main import main
+from raypose.errors import ConfigError, InputError
+from raypose.training.config import validate_train_config
+from raypose.training.overfit import run_overfit
+from raypose.training.run import LocalSession, ensure_data, run_training
+
+
+class CrashAfter(LocalSession):
+    """A session that dies right after reporting epoch ``crash_epoch`` (a preempted node, say)."""
+
+    def __init__(self, *args, crash_epoch: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_epoch = crash_epoch
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.crash_epoch:
+            raise RuntimeError("node lost")
+
+
+def test_interrupted_run_resumes_where_it_stopped(tiny_train_config, tmp_path):
+    cfg = validate_train_config({**tiny_train_config, "epochs": 3})
+    with pytest.raises(RuntimeError, match="node lost"):
+        run_training(cfg, CrashAfter(cfg.run_dir, crash_epoch=2))
+    before = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "epoch_0002" / "checkpoint.pth")
+    resumed = run_training(cfg, LocalSession(cfg.run_dir))
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][:2] == before["history"]  # epochs 1-2 restored, only epoch 3 ran
+    final = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "epoch_0003" / "checkpoint.pth")
+    assert final["scheduler"]["last_epoch"] == 6  # 3 epochs x 2 optimizer steps: the schedule went on
+    lines = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_local_run_checkpoints_and_resumes_at_the_right_epoch(tiny_train_config, tmp_path):
+    cfg = validate_train_config({**tiny_train_config, "epochs": 2, "keep_checkpoints": 1})
+    first = run_training(cfg, LocalSession(cfg.run_dir, keep=1))
+    assert [m["epoch"] for m in first["history"]] == [1, 2]
+    assert all(0.0 <= m["oks_map"] <= 1.0 for m in first["history"])
+    ckpts = sorted(p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").iterdir())
+    assert ckpts == ["epoch_0002"]  # keep=1 prunes the older one
+    ckpt = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "epoch_0002" / "checkpoint.pth")
+    assert ckpt["epoch"] == 2 and ckpt["keypoint_names"][-1] == "right_heel"
+    assert ckpt["config"]["optim"]["name"] == "adamw"
+    assert {"optimizer", "scheduler", "scaler", "history"} <= set(ckpt)
+
+    longer = validate_train_config({**tiny_train_config, "epochs": 4, "keep_checkpoints": 1})
+    resumed = run_training(longer, LocalSession(longer.run_dir, keep=1))
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"][:2] == first["history"]  # epochs 1-2 were restored, not rerun
+    lines = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    # the scheduler continued from its saved state: its step count is 4 epochs x 2 steps
+    final = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "epoch_0004" / "checkpoint.pth")
+    assert final["scheduler"]["last_epoch"] == 8
+    model, model_cfg = load_model_from_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "epoch_0004" / "checkpoint.pth")
+    assert model_cfg.num_keypoints == 23 and not model.training
+
+
+def test_overfitting_a_few_images_raises_training_oks_map(tiny_train_config, tmp_path):
+    """The design notes' sanity check, and the issue's 'a short run raises OKS-mAP on its own images'."""
+    cfg = validate_train_config({**tiny_train_config, "data": {**tiny_train_config["data"], "photometric": False}})
+    torch.manual_seed(0)
+    result = run_overfit(cfg, num_images=2, epochs=40, out_dir=tmp_path / "overfit", eval_every=40, val_images=2)
+    untrained, trained = result.first, result.last
+    assert untrained["train_oks_map"] < 0.05
+    assert trained["train_oks_map"] > 0.3
+    assert trained["train_oks_map"] > untrained["train_oks_map"] + 0.25
+    assert trained["train_loss"] < 0.5 * untrained["train_loss"]
+    assert (tmp_path / "overfit" / "overfit.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "overfit" / "overfit.json").read_text())
+    assert len(saved["history"]) == 41 and len(saved["image_ids"]) == 2
+
+
+def test_too_few_images_for_one_step_is_a_clear_error(tiny_train_config):
+    cfg = validate_train_config({**tiny_train_config, "batch_size": 4, "accumulate": 2})
+    with pytest.raises(ConfigError, match="one optimizer step needs batch_size x accumulate x workers = 8"):
+        run_training(cfg, LocalSession(cfg.run_dir))
+
+
+def test_keypoint_count_mismatch_is_a_config_error(tiny_train_config):
+    cfg = validate_train_config({**tiny_train_config, "model": {**tiny_train_config["model"], "num_keypoints": 17}})
+    with pytest.raises(ConfigError, match="has 23 keypoints but model.num_keypoints is 17"):
+        run_training(cfg, LocalSession(cfg.run_dir))
+
+
+def test_missing_coco_data_says_how_to_get_it(tiny_train_config, tmp_path):
+    cfg = validate_train_config({**tiny_train_config, "data": {"root": str(tmp_path / "coco"), "kind": "coco"}})
+    with pytest.raises(InputError, match="raypose data prepare --root"):
+        ensure_data(cfg)
+
+
+def test_missing_synthetic_data_is_generated(tiny_train_config, tmp_path):
+    data = {"root": str(tmp_path / "gen"), "kind": "synthetic", "synth": {"train": 3, "val": 2, "seed": 1}}
+    cfg = validate_train_config({**tiny_train_config, "data": data})
+    ensure_data(cfg)
+    merged = json.loads((tmp_path / "gen" / "annotations" / "person_keypoints_val2017_foot23.json").read_text())
+    assert len(merged["images"]) == 2 and len(merged["categories"][0]["keypoints"]) == 23
+
+
+def test_cli_train_local_and_bad_config(tiny_train_config, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_train_config))
+    assert main(["train", str(path), "--local", "--set", "name=cli", "--activation-stats", "backbone.body.layer4"]) == 0
+    out = capsys.readouterr().out
+    assert "done: 1 epochs" in out
+    metrics = json.loads((tmp_path / "runs" / "cli" / "metrics.jsonl").read_text())
+    assert 0.0 <= metrics["act/backbone.body.layer4/near_zero"] <= 1.0
+    assert (tmp_path / "runs" / "cli" / "config.yaml").is_file()
+
+    assert main(["train", str(path), "--set", "optim.name=rmsprop"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.name" in err and "'sgd'" in err and "'adamw'" in err
