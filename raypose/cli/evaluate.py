@@ -1,8 +1,5 @@
-"""Evaluation sub-commands: ``raypose eval`` (OKS mAP of a COCO keypoint results file).
-
-``raypose predict`` (model inference to a results file) is added here by the lead; see the
-marked spot in :func:`register`.
-"""
+"""Evaluation sub-commands: ``raypose eval`` (OKS mAP of a COCO keypoint results file) and
+``raypose predict`` (a checkpoint's detections on images, as a COCO keypoint results file)."""
 
 from __future__ import annotations
 
@@ -16,7 +13,37 @@ _AREA_LABEL = {"AP": "all", "AP50": "all", "AP75": "all", "APm": "medium", "APl"
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the ``raypose`` parser."""
     _register_eval(subparsers)
-    # `raypose predict` is registered here (lead's issue): _register_predict(subparsers)
+    _register_predict(subparsers)
+
+
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="run a checkpoint on images and write COCO keypoint results",
+        description="Inference with a raypose checkpoint on image files or folders; writes a COCO keypoint "
+        "results file (with per-keypoint scores) that `raypose eval` and `raypose analyze` read.",
+    )
+    p.add_argument("checkpoint", help="raypose checkpoint (.pth) written by training")
+    p.add_argument("images", nargs="+", help="image files or folders of images (.jpg, .jpeg, .png)")
+    p.add_argument("--out", required=True, help="COCO results JSON to write")
+    p.add_argument("--ann", default=None,
+                   help="COCO annotation file whose file_name -> id map gives image ids (default: numeric file "
+                   "stems, as in COCO's 000000000139.jpg -> 139)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--score-thresh", type=float, default=0.0, help="drop detections scoring below this")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args) -> int:
+    from raypose.predict import predict_to_results
+
+    n_images, n_dets = predict_to_results(
+        args.checkpoint, args.images, args.out, ann=args.ann, device=args.device,
+        batch_size=args.batch_size, score_thresh=args.score_thresh,
+    )
+    print(f"wrote {n_dets} detections on {n_images} images to {args.out}")
+    return 0
 
 
 def _register_eval(subparsers: argparse._SubParsersAction) -> None:

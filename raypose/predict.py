@@ -1,0 +1,85 @@
+"""``raypose predict``: a checkpoint's detections on image files as a COCO keypoint results file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from raypose.checkpoint import load_model_from_checkpoint
+from raypose.errors import InputError
+from raypose.evaluation.cocoeval import outputs_to_coco_results
+from raypose.inference import predict_files
+from raypose.io import load_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files named directly or found (sorted) in the named folders.
+
+    Raises:
+        InputError: a path does not exist, or nothing is found.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise InputError(f"no such image or folder: {item}")
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
+    return files
+
+
+def image_ids_for(files: list[Path], ann: str | os.PathLike | None) -> list[int]:
+    """COCO image ids: from ``ann``'s ``file_name`` map, else from numeric file stems.
+
+    Raises:
+        InputError: a file is not in ``ann``, or (without ``ann``) its stem is not a number.
+    """
+    if ann is not None:
+        data = load_json(ann, what="annotation file")
+        by_name = {img["file_name"]: int(img["id"]) for img in data.get("images", [])}
+        missing = [f.name for f in files if f.name not in by_name]
+        if missing:
+            raise InputError(f"{ann}: no image entry for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        return [by_name[f.name] for f in files]
+    ids = []
+    for f in files:
+        if not f.stem.isdigit():
+            raise InputError(f"{f}: cannot tell its COCO image id from the name; pass --ann ANNOTATIONS.json")
+        ids.append(int(f.stem))
+    return ids
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def predict_to_results(
+    checkpoint: str | os.PathLike,
+    images: list[str | os.PathLike],
+    out: str | os.PathLike,
+    ann: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    score_thresh: float = 0.0,
+) -> tuple[int, int]:
+    """Write COCO keypoint results for ``images``; returns (images, detections)."""
+    files = collect_images(images)
+    ids = image_ids_for(files, ann)
+    dev = resolve_device(device)
+    model, _ = load_model_from_checkpoint(checkpoint, dev)
+    outputs = predict_files(model, files, dev, batch_size)
+    results = [r for r in outputs_to_coco_results(outputs, ids) if r["score"] >= score_thresh]
+    write_json_atomic(out, results)
+    return len(files), len(results)

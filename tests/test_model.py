@@ -1,0 +1,169 @@
+"""Model factory: backbones, freezing depths, 17 -> 23 keypoint weight transfer, checkpoints, predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from raypose.checkpoint import load_model_from_checkpoint, save_checkpoint
+from raypose.cli.main import main
+from raypose.errors import WeightsError
+from raypose.model import (
+    BACKBONE_WEIGHTS,
+    COCO_KEYPOINT_WEIGHTS,
+    KEYPOINT_PREDICTOR_PREFIX,
+    ModelConfig,
+    build_model,
+    count_parameters,
+)
+from raypose.schema import COCO17, COCO23
+
+TINY = dict(
+    backbone="resnet18", weights=None, backbone_weights=None, min_size=128, max_size=160,
+    keypoint_head_channels=[32, 32], box_head_size=64,
+)
+
+
+def trainable_prefixes(model) -> set[str]:
+    return {name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("backbone") else "")
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        ("none", {"backbone.body", "backbone.fpn", "rpn", "roi_heads"}),
+        ("backbone", {"backbone.fpn", "rpn", "roi_heads"}),
+        ("fpn", {"rpn", "roi_heads"}),
+        ("roi", {"roi_heads"}),
+    ],
+)
+def test_freeze_levels(level, expected):
+    model = build_model(ModelConfig(**TINY, freeze=level))
+    assert trainable_prefixes(model) == expected
+    counts = count_parameters(model)
+    assert 0 < counts["trainable"] <= counts["total"]
+
+
+def test_trainable_backbone_layers_and_output_shapes():
+    model = build_model(ModelConfig(**TINY, trainable_backbone_layers=2))
+    body = {n.split(".")[2] for n, p in model.named_parameters() if n.startswith("backbone.body") and p.requires_grad}
+    assert body == {"layer3", "layer4"}
+    model.eval()
+    out = model([torch.rand(3, 120, 150)])[0]
+    assert out["keypoints"].shape[1:] == (23, 3) and out["keypoints_scores"].shape[1:] == (23,)
+
+
+@pytest.fixture(scope="module")
+def coco17_state(tmp_path_factory):
+    """A 17-keypoint ResNet-50 KeypointRCNN state dict in torchvision's layout (frozen batch norm,
+    as the published COCO weights), every tensor random so that a copy is told from an init."""
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    body = torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d)
+    model = torchvision.models.detection.KeypointRCNN(_resnet_fpn_extractor(body, 3), num_classes=2, num_keypoints=17)
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=g).to(v.dtype) for k, v in model.state_dict().items()}
+    path = tmp_path_factory.mktemp("weights") / "kprcnn17.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_17_keypoint_weights_grow_to_23(coco17_state):
+    path, state = coco17_state
+    model = build_model(ModelConfig(backbone="resnet50", num_keypoints=23, weights=str(path), min_size=128))
+    new = model.state_dict()
+    for name, value in state.items():
+        if name.startswith(KEYPOINT_PREDICTOR_PREFIX):
+            continue
+        assert torch.equal(new[name], value), name
+    w_old, w_new = state[KEYPOINT_PREDICTOR_PREFIX + "weight"], new[KEYPOINT_PREDICTOR_PREFIX + "weight"]
+    b_old, b_new = state[KEYPOINT_PREDICTOR_PREFIX + "bias"], new[KEYPOINT_PREDICTOR_PREFIX + "bias"]
+    assert w_new.shape == (512, 23, 4, 4)
+    assert torch.equal(w_new[:, :17], w_old) and torch.equal(b_new[:17], b_old)
+    left_ankle, right_ankle = COCO17.index("left_ankle"), COCO17.index("right_ankle")
+    for name in ("left_big_toe", "left_small_toe", "left_heel"):
+        assert torch.equal(w_new[:, COCO23.index(name)], w_old[:, left_ankle])
+    for name in ("right_big_toe", "right_small_toe", "right_heel"):
+        assert torch.equal(w_new[:, COCO23.index(name)], w_old[:, right_ankle])
+        assert torch.equal(b_new[COCO23.index(name)], b_old[right_ankle])
+
+
+def test_23_keypoint_weights_shrink_to_17_and_freeze_roi(coco17_state, tmp_path):
+    path, _ = coco17_state
+    m23 = build_model(ModelConfig(backbone="resnet50", num_keypoints=23, weights=str(path), min_size=128))
+    save_checkpoint(tmp_path / "m23.pth", m23, ModelConfig(backbone="resnet50", num_keypoints=23, min_size=128))
+    m17 = build_model(ModelConfig(backbone="resnet50", num_keypoints=17, weights=str(tmp_path / "m23.pth"),
+                                  freeze="roi", min_size=128))
+    w23 = m23.state_dict()[KEYPOINT_PREDICTOR_PREFIX + "weight"]
+    assert torch.equal(m17.state_dict()[KEYPOINT_PREDICTOR_PREFIX + "weight"], w23[:, :17])
+    assert not m17.backbone.body.conv1.weight.requires_grad and m17.roi_heads.keypoint_head[0].weight.requires_grad
+
+
+def test_named_coco_weights_come_from_the_hub_cache(coco17_state, tmp_path, monkeypatch):
+    path, state = coco17_state
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("RAYPOSE_OFFLINE", "1")
+    target = tmp_path / "torch" / "hub" / "checkpoints" / COCO_KEYPOINT_WEIGHTS.url.rsplit("/", 1)[1]
+    with pytest.raises(WeightsError) as err:
+        build_model(ModelConfig(backbone="resnet50", weights="coco", min_size=128))
+    assert str(target) in str(err.value) and COCO_KEYPOINT_WEIGHTS.url in str(err.value)
+    target.parent.mkdir(parents=True)
+    torch.save(state, target)
+    model = build_model(ModelConfig(backbone="resnet50", weights="coco", min_size=128))
+    assert torch.equal(model.state_dict()["rpn.head.conv.0.0.weight"], state["rpn.head.conv.0.0.weight"])
+
+
+def test_coco_heads_on_a_deeper_backbone_take_the_body_from_imagenet(coco17_state, tmp_path, monkeypatch):
+    _, state = coco17_state
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("RAYPOSE_OFFLINE", "1")
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(state, cache / COCO_KEYPOINT_WEIGHTS.url.rsplit("/", 1)[1])
+    imagenet = torchvision.models.resnet101().state_dict()
+    torch.save(imagenet, cache / BACKBONE_WEIGHTS["resnet101"].url.rsplit("/", 1)[1])
+    model = build_model(ModelConfig(backbone="resnet101", weights="coco", min_size=128)).state_dict()
+    assert torch.equal(model["backbone.body.layer3.22.conv1.weight"], imagenet["layer3.22.conv1.weight"])
+    assert torch.equal(model["backbone.fpn.inner_blocks.0.0.weight"], state["backbone.fpn.inner_blocks.0.0.weight"])
+    assert torch.equal(model["roi_heads.box_head.fc6.weight"], state["roi_heads.box_head.fc6.weight"])
+
+
+def test_weights_of_another_backbone_are_refused(tmp_path):
+    small = build_model(ModelConfig(**{**TINY, "keypoint_head_channels": None, "box_head_size": None}))
+    path = tmp_path / "r18.pth"
+    torch.save(small.state_dict(), path)
+    with pytest.raises(WeightsError, match="another backbone"):
+        build_model(ModelConfig(backbone="resnet50", weights=str(path), min_size=128))
+    with pytest.raises(WeightsError, match="not found"):
+        build_model(ModelConfig(backbone="resnet50", weights=str(tmp_path / "nope.pth")))
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read"):
+        build_model(ModelConfig(backbone="resnet50", weights=str(tmp_path / "junk.pth")))
+
+
+def test_checkpoint_round_trip_and_predict_cli(tmp_path, synth_data, capsys):
+    config = ModelConfig(**TINY, box_score_thresh=0.0)
+    torch.manual_seed(1)
+    model = build_model(config).eval()
+    ckpt = save_checkpoint(tmp_path / "ckpt.pth", model, config, epoch=3)
+    loaded, loaded_cfg = load_model_from_checkpoint(ckpt)
+    assert loaded_cfg == config.model_copy(update={"weights": None, "backbone_weights": None})
+    image = torch.rand(3, 128, 160)
+    torch.testing.assert_close(loaded([image])[0]["keypoints"], model([image])[0]["keypoints"])
+
+    out = tmp_path / "dets.json"
+    assert main(["predict", str(ckpt), str(synth_data.val_images), "--out", str(out), "--ann", str(synth_data.val_ann)]) == 0
+    dets = json.loads(out.read_text())
+    gt_ids = {img["id"] for img in json.loads(synth_data.val_ann.read_text())["images"]}
+    assert dets and {d["image_id"] for d in dets} <= gt_ids
+    assert len(dets[0]["keypoints"]) == 69 and len(dets[0]["keypoint_scores"]) == 23
+    assert f"detections on {len(gt_ids)} images" in capsys.readouterr().out
+    assert main(["eval", str(synth_data.val_ann), str(out), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}
+    assert main(["predict", str(tmp_path / "none.pth"), str(synth_data.val_images), "--out", str(out)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
