@@ -33,7 +33,8 @@ class MlflowRun:
     Args:
         experiment: experiment name (created when missing).
         uri: tracking URI; ``None`` keeps ``$MLFLOW_TRACKING_URI`` / MLflow's default.
-        run_id: resume this run instead of starting one.
+        run_id: log into this existing run (resumed training, or a trial run made by
+            :func:`find_or_create_child_run`) instead of starting one.
         run_name, tags, parent_run_id: for a new run; ``parent_run_id`` sets ``mlflow.parentRunId``
             so the run shows nested under its parent (one child per Tune trial).
     """
@@ -112,3 +113,40 @@ def _param_value(value: Any) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def find_or_create_child_run(
+    experiment: str, parent_run_id: str, trial_id: str, run_name: str, uri: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """The MLflow run of a Tune trial under its parent, created once.
+
+    A retried or resumed trial finds its run by the ``raypose.trial_id`` tag instead of making
+    a duplicate.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`raypose.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    all_tags = {"mlflow.parentRunId": parent_run_id, "raypose.trial_id": trial_id, "mlflow.runName": run_name}
+    all_tags.update(tags or {})
+    return client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
+
+
+def child_runs(experiment: str, parent_run_id: str, uri: str | None = None) -> list:
+    """All child runs of a parent run (MLflow ``Run`` objects)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")

@@ -62,7 +62,10 @@ def _train(args) -> int:
     if config.mlflow.enabled:
         from raypose.tracking import tracking_uri
 
-        print(f"MLflow tracking URI: {tracking_uri(config.mlflow.tracking_uri)}  (open it with `mlflow ui`)")
+        # Resolved here, where the user ran the command: Ray workers run in other folders.
+        uri = tracking_uri(config.mlflow.tracking_uri)
+        config = config.model_copy(update={"mlflow": config.mlflow.model_copy(update={"tracking_uri": uri})})
+        print(f"MLflow tracking URI: {uri}  (open it with `mlflow ui --backend-store-uri {uri}`)")
     save_resolved_config(config, os.path.join(config.run_dir, "config.yaml"))
     if config.workers == 0:
         out = run_training(config, LocalSession(config.run_dir, keep=config.keep_checkpoints))

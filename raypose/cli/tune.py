@@ -1,9 +1,96 @@
-"""Sub-commands of this area (filled in by the issue that builds it)."""
+"""``raypose tune`` (a hyperparameter search on Ray Tune) and ``raypose submit`` (the same as a Ray job)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import shlex
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this area's sub-commands to the ``raypose`` parser."""
+    """Add ``tune`` and ``submit`` to the ``raypose`` parser."""
+    p = subparsers.add_parser(
+        "tune",
+        help="search training recipes: Ray Tune + Optuna (TPE) + ASHA over Ray Train trials",
+        description="Run the search a space file describes, one MLflow child run per trial under one parent "
+        "run, then evaluate the best checkpoint on the full validation set, run the error analysis, "
+        "and write <storage>/<study>/best/. Honors RAY_ADDRESS (connects to that cluster).",
+    )
+    p.add_argument("space", help="search space YAML (see search_spaces/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base-config value (optim.lr=...) or a Tune setting (tune.num_samples=...)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.set_defaults(func=_tune)
+
+    p = subparsers.add_parser(
+        "submit",
+        help="submit `raypose tune SPACE` to a Ray cluster as a job and stream its logs",
+        description="Submit the search as a Ray job (Jobs API) with this project folder as its working "
+        "directory; streams the job's logs and exits 0 when the job succeeds.",
+    )
+    p.add_argument("space", help="search space YAML, relative to the project folder")
+    p.add_argument("--address", default=os.environ.get("RAY_JOBS_ADDRESS", "http://127.0.0.1:8265"),
+                   help="Ray dashboard address, e.g. http://HEAD:8265 (default $RAY_JOBS_ADDRESS or local)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed on to `raypose tune --set`")
+    p.add_argument("--resume", action="store_true", help="passed on to `raypose tune --resume`")
+    p.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default .)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return without streaming logs")
+    p.set_defaults(func=_submit)
+
+
+def _tune(args) -> int:
+    from raypose.training.ray_train import init_ray
+    from raypose.training.run import ensure_data
+    from raypose.tuning.final import final_stage, pick_best
+    from raypose.tuning.space import load_search_space
+    from raypose.tuning.tune import run_search, trial_table
+
+    space = load_search_space(args.space, args.overrides)
+    base = space.base_config()
+    ensure_data(base)
+    if base.mlflow.enabled:
+        from raypose.tracking import tracking_uri
+
+        # Resolved here, where the user ran the command: trials and workers run in other folders.
+        uri = tracking_uri(base.mlflow.tracking_uri)
+        space.base.setdefault("mlflow", {})["tracking_uri"] = uri
+        print(f"MLflow tracking URI: {uri}  (compare trials with `mlflow ui --backend-store-uri {uri}`)")
+    per_trial = base.workers * base.cpus_per_worker + space.tune.trial_cpus
+    init_ray(min_cpus=space.tune.max_concurrent * per_trial + 1)
+    results, parent, paths = run_search(space, resume=args.resume)
+    rows = trial_table(results)
+    best, baseline = pick_best(rows)
+    summary = final_stage(
+        best, baseline, space.trial_config(best["config"], name=f"{space.name}-best"), paths.local_dir / "best",
+        rows, analyze=space.tune.final_analysis, worst=space.tune.worst,
+    )
+    if parent is not None:
+        parent.log_metrics({
+            "best_oks_map": summary["search_oks_map"],
+            "best_val_AP": summary["validation"]["AP"],
+            "baseline_oks_map": summary["baseline_oks_map"] or 0.0,
+            "gain_over_baseline": summary["gain_over_baseline"] or 0.0,
+            "trial_epochs_saved": summary["trial_epochs_saved"],
+        }, step=0)
+        parent.set_tags({"raypose.best_trial": best["trial_id"]})
+        parent.log_artifact(paths.local_dir / "best", "best")
+        parent.end()
+    print((paths.local_dir / "best" / "report.md").read_text())
+    print(f"best checkpoint, config, metrics and report: {paths.local_dir / 'best'}")
+    return 0
+
+
+def _submit(args) -> int:
+    from raypose.tuning.submit import submit_search
+
+    command = ["python", "-m", "raypose", "tune", args.space]
+    for override in args.overrides:
+        command += ["--set", override]
+    if args.resume:
+        command.append("--resume")
+    status = submit_search(args.address, shlex.join(command), args.working_dir, wait=not args.no_wait)
+    return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1

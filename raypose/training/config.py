@@ -68,7 +68,7 @@ class OptimConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     name: Literal["onecycle", "cosine", "multistep", "constant"] = "multistep"
-    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up optimizer steps (not onecycle)")
+    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up optimizer steps, at most one epoch (not onecycle)")
     warmup_factor: float = Field(default=0.001, gt=0, le=1.0, description="lr multiplier at step 0 of warm-up")
     milestones: list[float] = Field(
         default_factory=lambda: [16 / 26, 22 / 26],
@@ -88,6 +88,7 @@ class MlflowConfig(_Strict):
     tracking_uri: str | None = Field(default=None, description="default: $MLFLOW_TRACKING_URI, else MLflow's own")
     run_name: str | None = None
     parent_run_id: str | None = Field(default=None, description="set by `raypose tune` for trial runs")
+    run_id: str | None = Field(default=None, description="log into this existing run (set by `raypose tune`)")
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -125,6 +126,27 @@ class TrainConfig(_Strict):
     @property
     def run_dir(self) -> str:
         return os.path.join(self.storage_path, self.name)
+
+    def with_absolute_paths(self, base_dir: str | os.PathLike | None = None) -> TrainConfig:
+        """Relative local paths (data root, storage, weight files) made absolute against ``base_dir``
+        (default: the current folder), so that Ray workers, whose working folder differs, find them."""
+        base = Path(base_dir or os.getcwd())
+
+        def absolute(value: str) -> str:
+            return value if "://" in value or os.path.isabs(value) else str(base / value)
+
+        model_updates = {}
+        for key in ("weights", "backbone_weights"):
+            value = getattr(self.model, key)
+            if value is not None and value not in ("coco", "imagenet"):
+                model_updates[key] = absolute(value)
+        return self.model_copy(
+            update={
+                "storage_path": absolute(self.storage_path),
+                "data": self.data.model_copy(update={"root": absolute(self.data.root)}),
+                "model": self.model.model_copy(update=model_updates),
+            }
+        )
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -215,11 +237,12 @@ def format_validation_error(error: ValidationError, source: str) -> str:
 
 
 def load_train_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
-    """Read ``path``, apply ``--set`` overrides, validate."""
+    """Read ``path``, apply ``--set`` overrides, validate; relative paths are taken from the
+    current folder and made absolute."""
     raw = read_yaml(path)
     for key, value in parse_overrides(overrides).items():
         set_dotted(raw, key, value)
-    return validate_train_config(raw, source=str(path))
+    return validate_train_config(raw, source=str(path)).with_absolute_paths()
 
 
 def save_resolved_config(config: TrainConfig, path: str | os.PathLike) -> Path:

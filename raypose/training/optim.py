@@ -48,10 +48,10 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def _with_warmup(factor: Callable[[int], float], config: ScheduleConfig) -> Callable[[int], float]:
+def _with_warmup(factor: Callable[[int], float], config: ScheduleConfig, warmup: int) -> Callable[[int], float]:
     def lr_factor(step: int) -> float:
-        if step < config.warmup_steps:
-            alpha = step / config.warmup_steps
+        if step < warmup:
+            alpha = step / warmup
             return (config.warmup_factor * (1 - alpha) + alpha) * factor(step)
         return factor(step)
 
@@ -114,4 +114,6 @@ def build_scheduler(
     if config.name not in LAMBDA_SCHEDULES:
         raise ValueError(f"unknown schedule {config.name!r}; valid: {', '.join(SCHEDULE_NAMES)}")
     factor = LAMBDA_SCHEDULES[config.name](config, total, steps_per_epoch)
-    return LambdaLR(optimizer, _with_warmup(factor, config))
+    # As torchvision's reference: warm up over warmup_steps, but never longer than the first epoch.
+    warmup = min(config.warmup_steps, steps_per_epoch)
+    return LambdaLR(optimizer, _with_warmup(factor, config, warmup))

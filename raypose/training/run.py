@@ -242,7 +242,7 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, config.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     start_epoch, history, mlflow_run_id = _restore(session, model, optimizer, scheduler, scaler, config)
-    tracker = _start_tracking(config, mlflow_run_id) if rank == 0 else None
+    tracker = _start_tracking(config, mlflow_run_id or config.mlflow.run_id) if rank == 0 else None
     try:
         for epoch in range(start_epoch, config.epochs):
             history.append(

@@ -1,0 +1,279 @@
+"""Search spaces: a YAML file with a base training config, distributions and Tune settings.
+
+```yaml
+base: ../configs/coco_r50.yaml      # a training config file (relative to this file) or a mapping
+search:
+  optim.name: {choice: [sgd, adamw]}
+  optim.lr: {loguniform: [1.0e-4, 3.0e-2]}
+  optim.momentum: {uniform: [0.8, 0.99], when: {optim.name: sgd}}
+  schedule.max_lr: {loguniform: [1.0e-3, 3.0e-2], when: {schedule.name: onecycle}}
+  accumulate: {int: [1, 4]}
+tune: {num_samples: 24, max_concurrent: 4, grace_period: 2}
+```
+
+Keys are dotted training-config keys. ``when`` makes a dimension conditional on other sampled
+(or base) values. A key may instead list alternatives, the first whose ``when`` holds is used:
+
+```yaml
+  optim.lr:
+    - {loguniform: [1.0e-4, 3.0e-3], when: {optim.name: adamw}}
+    - {loguniform: [5.0e-3, 5.0e-2], when: {optim.name: sgd}}
+```
+
+Optuna sees each alternative as its own parameter (``optim.lr|1``), since the ranges differ.
+Pure Python + Optuna: no Ray here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raypose.errors import ConfigError
+from raypose.training.config import (
+    TrainConfig,
+    format_validation_error,
+    parse_overrides,
+    read_yaml,
+    set_dotted,
+    validate_train_config,
+)
+
+# torchvision's reference recipe for KeypointRCNN (references/detection: SGD, lr 0.02, momentum 0.9,
+# weight decay 1e-4, lr x0.1 at epochs 36 and 43 of 46, linear warm-up over at most one epoch).
+# Every search runs it first so that the best trial's gain over the default is always measured.
+BASELINE_RECIPE: dict[str, Any] = {
+    "optim.name": "sgd",
+    "optim.lr": 0.02,
+    "optim.momentum": 0.9,
+    "optim.weight_decay": 1e-4,
+    "schedule.name": "multistep",
+    "schedule.milestones": [36 / 46, 43 / 46],
+    "schedule.gamma": 0.1,
+    "schedule.warmup_steps": 1000,
+    "schedule.warmup_factor": 0.001,
+}
+TRIAL_KIND_KEY = "trial_kind"
+
+
+class Distribution(BaseModel):
+    """Exactly one of ``choice``, ``uniform``, ``loguniform``, ``int``; optional ``when``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = Field(default=None, alias="int")
+    when: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        kinds = [k for k in ("choice", "uniform", "loguniform", "int_range") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, int")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        for name in ("uniform", "loguniform", "int_range"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] <= bounds[1]:
+                raise ValueError(f"{name}: low must be <= high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        return self
+
+    def examples(self) -> list[Any]:
+        """Values that cover the distribution's extremes (used to validate against the config)."""
+        if self.choice is not None:
+            return list(self.choice)
+        return list(self.uniform or self.loguniform or self.int_range)
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Sample with an Optuna trial (or Ray's captor around one)."""
+        if self.choice is not None:
+            return trial.suggest_categorical(name, self.choice)
+        if self.uniform is not None:
+            return trial.suggest_float(name, *self.uniform)
+        if self.loguniform is not None:
+            return trial.suggest_float(name, *self.loguniform, log=True)
+        return trial.suggest_int(name, *self.int_range)
+
+
+class AshaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    grace_period: int = Field(default=1, ge=1, description="epochs before a trial may be stopped")
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+
+class TuneSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    name: str | None = Field(default=None, description="study name; default: the space file's stem")
+    num_samples: int = Field(default=16, ge=1, description="trials, the baseline included")
+    max_concurrent: int = Field(default=2, ge=1, description="trials (Train runs) in flight at once")
+    seed: int = 0
+    baseline: bool = Field(default=True, description="run torchvision's default recipe as the first trial")
+    asha: AshaSettings = Field(default_factory=AshaSettings)
+    max_failures: int = Field(default=2, ge=0, description="retries of a failed trial from its last checkpoint")
+    trial_cpus: float = Field(default=0.1, ge=0, description="CPU held by each trial's driver (not its workers)")
+    storage_path: str = Field(default="runs", description="Tune and Train results; s3:// or NFS on clusters")
+    require_shared_storage: bool | None = Field(
+        default=None, description="fail unless storage_path is shared; default: yes when the cluster has >1 node"
+    )
+    worst: int = Field(default=100, ge=1, description="worst images rendered by the final error analysis")
+    final_analysis: bool = True
+
+
+class SearchSpace(BaseModel):
+    """A validated search space file."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    source: str
+    base: dict[str, Any]
+    search: dict[str, list[Distribution]]
+    tune: TuneSettings
+
+    @property
+    def name(self) -> str:
+        return self.tune.name or Path(self.source).stem
+
+    def base_config(self) -> TrainConfig:
+        return validate_train_config(self.base, source=f"{self.source}: base")
+
+    def trial_config(self, sampled: dict[str, Any], name: str) -> TrainConfig:
+        """The base config with a trial's sampled values applied (``trial_kind`` is not a config key)."""
+        raw = copy.deepcopy(self.base)
+        for key, value in sampled.items():
+            if key != TRIAL_KIND_KEY:
+                set_dotted(raw, config_key(key), value)
+        raw["name"] = name
+        return validate_train_config(raw, source=f"{self.source}: trial {name}")
+
+
+class SpaceSampler:
+    """Optuna define-by-run sampling of a :class:`SearchSpace` (a picklable callable).
+
+    Dimensions are sampled in file order; a dimension whose ``when`` does not hold (against the
+    values sampled so far, then the base config) is skipped, so e.g. momentum exists only for
+    SGD trials. The study's first trial is the baseline recipe when enabled: it samples nothing,
+    so TPE sees it as an observation without parameters rather than a point in the space.
+    """
+
+    def __init__(self, space: SearchSpace):
+        self.search = space.search
+        self.base_flat = _flat(space.base)
+        self.baseline = space.tune.baseline
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        if self.baseline and trial.number == 0:
+            return {**BASELINE_RECIPE, TRIAL_KIND_KEY: "baseline"}
+        sampled: dict[str, Any] = {}
+        for key, alternatives in self.search.items():
+            for i, dist in enumerate(alternatives):
+                if all(sampled.get(k, self.base_flat.get(k)) == v for k, v in dist.when.items()):
+                    sampled[key] = dist.suggest(trial, key if len(alternatives) == 1 else f"{key}|{i}")
+                    break
+        return {TRIAL_KIND_KEY: "search"}
+
+
+def config_key(param: str) -> str:
+    """The config key of an Optuna parameter name (``optim.lr|1`` -> ``optim.lr``)."""
+    return param.split("|", 1)[0]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_search_space(path: str | os.PathLike, overrides: list[str] | None = None) -> SearchSpace:
+    """Read and validate a search space file; ``--set`` overrides apply to the base config
+    (``optim.lr=...``) or, prefixed with ``tune.``, to the Tune settings.
+
+    Raises:
+        ConfigError: bad YAML, unknown keys, distributions that do not fit the config (naming
+            the search key and the valid choices), or a base config that does not validate.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    unknown = set(raw) - {"base", "search", "tune"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; valid: base, search, tune")
+    base = raw.get("base", {})
+    if isinstance(base, str):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base = read_yaml(base_path)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base must be a training config mapping or the path of one")
+    tune_raw = dict(raw.get("tune") or {})
+    for key, value in parse_overrides(overrides).items():
+        if key.startswith("tune."):
+            set_dotted(tune_raw, key[len("tune.") :], value)
+        else:
+            set_dotted(base, key, value)
+    try:
+        search = {
+            str(k): [Distribution.model_validate(d) for d in (v if isinstance(v, list) else [v])]
+            for k, v in (raw.get("search") or {}).items()
+        }
+        tune = TuneSettings.model_validate(tune_raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    # Relative paths are taken from the current folder, as for `raypose train`, and made absolute
+    # for the Ray workers, whose working folder differs.
+    base = validate_train_config(base, source=f"{path}: base").with_absolute_paths().model_dump(mode="json")
+    if "://" not in tune.storage_path:
+        tune = tune.model_copy(update={"storage_path": os.path.abspath(tune.storage_path)})
+    space = SearchSpace(source=str(path), base=base, search=search, tune=tune)
+    space.base_config()
+    _check_dimensions(space)
+    _check_baseline(space)
+    return space
+
+
+def _check_dimensions(space: SearchSpace) -> None:
+    """Each dimension's extreme values must validate against the training config."""
+    known = set(space.search) | set(_flat(space.base))
+    for key, alternatives in space.search.items():
+        if not alternatives:
+            raise ConfigError(f"{space.source}: search.{key} lists no distribution")
+        for dist in alternatives:
+            _check_dimension(space, key, dist, known)
+
+
+def _check_dimension(space: SearchSpace, key: str, dist: Distribution, known: set[str]) -> None:
+    for cond in dist.when:
+        if cond not in known:
+            raise ConfigError(f"{space.source}: search.{key}.when names {cond!r}, which is neither searched nor in base")
+    for value in dist.examples():
+        raw = copy.deepcopy(space.base)
+        set_dotted(raw, key, value)
+        try:
+            TrainConfig.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, f"{space.source}: search.{key} value {value!r}")) from None
+
+
+def _check_baseline(space: SearchSpace) -> None:
+    baseline_raw = copy.deepcopy(space.base)
+    for key, value in BASELINE_RECIPE.items():
+        set_dotted(baseline_raw, key, value)
+    if space.tune.baseline:
+        validate_train_config(baseline_raw, source=f"{space.source}: baseline recipe")
+    if space.tune.num_samples < 2 and space.tune.baseline:
+        raise ConfigError(f"{space.source}: tune.num_samples must be >= 2 with the baseline trial on")
+    if not math.isfinite(space.tune.asha.reduction_factor):
+        raise ConfigError(f"{space.source}: tune.asha.reduction_factor must be finite")

@@ -1,0 +1,158 @@
+"""Searches on Ray Tune: a quickstart-sized search on CPU, resume without duplicate MLflow runs,
+and a real two-node Ray cluster on loopback running a submitted job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raypose.cli.main import main
+
+pytestmark = pytest.mark.ray
+
+
+def write_space(folder: Path, tiny_train_config: dict, uri: str, **tune) -> Path:
+    base = {**tiny_train_config, "workers": 1, "epochs": 2, "mlflow": {"experiment": "tune-test", "tracking_uri": uri}}
+    space = {
+        "base": base,
+        "search": {
+            "optim.name": {"choice": ["sgd", "adamw"]},
+            "optim.lr": [
+                {"loguniform": [5.0e-4, 2.0e-3], "when": {"optim.name": "adamw"}},
+                {"loguniform": [5.0e-3, 2.0e-2], "when": {"optim.name": "sgd"}},
+            ],
+            "model.freeze": {"choice": ["none", "backbone"]},
+        },
+        "tune": {"name": "mini", "num_samples": 3, "max_concurrent": 2, "storage_path": str(folder / "runs"),
+                 "asha": {"grace_period": 1, "reduction_factor": 2}, "worst": 3, **tune},
+    }
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def mlflow_state(uri: str) -> tuple[object, list, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tune-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_search_logs_trials_and_writes_best(ray_local, tiny_train_config, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = write_space(tmp_path, tiny_train_config, uri)
+    assert main(["tune", str(space)]) == 0
+    out = capsys.readouterr().out
+    assert "Study result" in out and "torchvision default recipe" in out
+
+    client, parents, children = mlflow_state(uri)
+    assert len(parents) == 1 and len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    kinds = sorted(c.data.tags["raypose.trial_kind"] for c in children)
+    assert kinds == ["baseline", "search", "search"]
+    baseline = next(c for c in children if c.data.tags["raypose.trial_kind"] == "baseline")
+    assert baseline.data.params["optim.name"] == "sgd" and float(baseline.data.params["optim.lr"]) == 0.02
+    for child in children:
+        assert child.data.tags["raypose.trial_status"] in ("completed", "stopped_early")
+        assert 0.0 <= child.data.metrics["oks_map"] <= 1.0
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "oks_map")]
+        assert steps == sorted(set(steps)) and steps[0] == 1
+        assert (child.data.tags["raypose.trial_status"] == "completed") == (steps[-1] == 2)
+    assert "gain_over_baseline" in parents[0].data.metrics
+
+    best = tmp_path / "runs" / "mini" / "best"
+    summary = json.loads((best / "metrics.json").read_text())
+    assert summary["trials"] == 3
+    assert summary["gain_over_baseline"] == pytest.approx(summary["search_oks_map"] - summary["baseline_oks_map"])
+    assert summary["search_oks_map"] >= summary["baseline_oks_map"]
+    assert 0.0 <= summary["trial_epochs_saved"] < 1.0
+    assert summary["validation_images"] == 4  # the full validation set, not val_limit
+    assert (best / "checkpoint.pth").stat().st_size > 1_000_000
+    assert (best / "analysis" / "report.html").is_file() and (best / "analysis" / "summary.json").is_file()
+    assert yaml.safe_load((best / "config.yaml").read_text())["optim"]["name"] == summary["best_config"]["optim.name"]
+
+    # resuming a finished search runs nothing again and logs into the same MLflow runs
+    assert main(["tune", str(space), "--resume"]) == 0
+    _, parents_after, children_after = mlflow_state(uri)
+    assert [p.info.run_id for p in parents_after] == [parents[0].info.run_id]
+    assert sorted(c.info.run_id for c in children_after) == sorted(c.info.run_id for c in children)
+
+
+def test_local_storage_on_a_multi_node_cluster_is_refused(tiny_train_config, tmp_path):
+    from raypose.errors import ConfigError
+    from raypose.tuning.space import load_search_space
+    from raypose.tuning.tune import check_shared_storage
+
+    space = load_search_space(write_space(tmp_path, tiny_train_config, "sqlite:///x.db", require_shared_storage=True))
+    with pytest.raises(ConfigError, match="s3://"):
+        check_shared_storage(space)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A head and a worker node (`ray start`) on loopback; yields the Jobs API address."""
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    gcs, dashboard = free_port(), free_port()
+    temp = tmp_path / "ray"
+    head = [ray_bin, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp}", "--disable-usage-stats"]
+    subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        worker = [ray_bin, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
+        subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, tiny_train_config, tmp_path):
+    address, env = two_node_cluster
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + 60
+    while True:  # the dashboard's job agent comes up a few seconds after `ray start`
+        try:
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    project = tmp_path / "project"
+    project.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # one filesystem under both nodes: it is shared storage, declared as such
+    write_space(project, tiny_train_config, uri, num_samples=2, require_shared_storage=False, final_analysis=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raypose", "submit", "--address", address, "space.yaml", "--working-dir", str(project)],
+        cwd=project, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "SUCCEEDED" in proc.stdout
+    assert "Study result" in proc.stdout  # the job's logs were streamed back
+    _, parents, children = mlflow_state(uri)
+    assert len(parents) == 1 and len(children) == 2
+    assert all("oks_map" in c.data.metrics for c in children)

@@ -1,0 +1,127 @@
+"""Search space files: validation, conditionals, alternatives, the baseline trial, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from raypose.errors import ConfigError
+from raypose.tuning.space import BASELINE_RECIPE, TRIAL_KIND_KEY, SpaceSampler, load_search_space
+
+REPO = Path(__file__).resolve().parents[1]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE = """
+base: base.yaml
+search:
+  optim.name: {choice: [sgd, adamw]}
+  optim.lr:
+    - {loguniform: [1.0e-4, 1.0e-3], when: {optim.name: adamw}}
+    - {loguniform: [1.0e-2, 5.0e-2], when: {optim.name: sgd}}
+  optim.momentum: {uniform: [0.8, 0.95], when: {optim.name: sgd}}
+  schedule.pct_start: {uniform: [0.1, 0.4], when: {schedule.name: onecycle}}
+  accumulate: {int: [1, 4]}
+tune: {num_samples: 12, seed: 3}
+"""
+BASE = "epochs: 3\nschedule: {name: onecycle}\nmodel: {backbone: resnet18, weights: null, backbone_weights: null}\n"
+
+
+@pytest.fixture
+def space_file(tmp_path: Path) -> Path:
+    (tmp_path / "base.yaml").write_text(BASE)
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def sample(space, n: int) -> list[dict]:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=space.tune.seed))
+    sampler = SpaceSampler(space)
+    trials = []
+    for i in range(n):
+        trial = study.ask()
+        constants = sampler(trial)
+        trials.append({**trial.params, **constants})
+        study.tell(trial, float(i % 3))
+    return trials
+
+
+def test_first_trial_is_the_torchvision_baseline(space_file):
+    space = load_search_space(space_file)
+    first = sample(space, 1)[0]
+    assert first[TRIAL_KIND_KEY] == "baseline"
+    cfg = space.trial_config(first, name="b")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.02, 0.9, 1e-4)
+    assert cfg.schedule.name == "multistep" and cfg.schedule.milestones == BASELINE_RECIPE["schedule.milestones"]
+    assert cfg.model.backbone == "resnet18" and cfg.epochs == 3  # everything else comes from the base
+
+
+def test_conditionals_and_alternatives(space_file):
+    space = load_search_space(space_file)
+    trials = sample(space, 12)[1:]
+    assert all(t[TRIAL_KIND_KEY] == "search" for t in trials)
+    names = {t["optim.name"] for t in trials}
+    assert names == {"sgd", "adamw"}
+    for t in trials:
+        cfg = space.trial_config(t, name="t")
+        if cfg.optim.name == "sgd":
+            assert "optim.momentum" in t and "optim.lr|1" in t and 1e-2 <= cfg.optim.lr <= 5e-2
+        else:
+            assert "optim.momentum" not in t and "optim.lr|0" in t and 1e-4 <= cfg.optim.lr <= 1e-3
+        assert "schedule.pct_start" in t  # the base schedule is onecycle
+        assert 1 <= cfg.accumulate <= 4 and isinstance(cfg.accumulate, int)
+
+
+def test_seeded_search_is_reproducible(space_file):
+    space = load_search_space(space_file)
+    assert sample(space, 6) == sample(space, 6)
+
+
+def test_overrides_reach_base_and_tune(space_file):
+    space = load_search_space(space_file, ["epochs=7", "tune.num_samples=5", "tune.asha.grace_period=2"])
+    assert space.base_config().epochs == 7
+    assert space.tune.num_samples == 5 and space.tune.asha.grace_period == 2
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ("optim.name: {choice: [sgd, rmsprop]}", "search.optim.name value 'rmsprop'"),
+        ("model.freeze: {choice: [none, most]}", "'roi'"),
+        ("optim.lr: {loguniform: [0, 1]}", "loguniform bounds must be > 0"),
+        ("optim.lr: {uniform: [0.1, 0.01]}", "low must be <= high"),
+        ("optim.lr: {choice: [0.1], uniform: [0.1, 0.2]}", "exactly one of"),
+        ("optim.lrr: {choice: [0.1]}", "optim.lrr: unknown key"),
+        ("optim.momentum: {uniform: [0.8, 0.9], when: {optimizer: sgd}}", "names 'optimizer'"),
+    ],
+)
+def test_bad_spaces_name_the_key(tmp_path, search, message):
+    (tmp_path / "base.yaml").write_text(BASE)
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"base: base.yaml\nsearch:\n  {search}\n")
+    with pytest.raises(ConfigError) as err:
+        load_search_space(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_sections_and_settings(tmp_path):
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "a.yaml").write_text("base: base.yaml\nsearches: {}\n")
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        load_search_space(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: base.yaml\ntune: {samples: 3}\n")
+    with pytest.raises(ConfigError, match="tune.samples|samples: unknown key"):
+        load_search_space(tmp_path / "b.yaml")
+
+
+def test_shipped_search_spaces_validate():
+    spaces = {p.stem: load_search_space(p) for p in (REPO / "search_spaces").glob("*.yaml")}
+    assert {"quickstart", "onecycle"} <= set(spaces)
+    onecycle = spaces["onecycle"]
+    searched = set(onecycle.search)
+    assert {"optim.name", "optim.lr", "schedule.name", "model.freeze", "model.backbone", "accumulate",
+            "batch_size", "optim.weight_decay"} <= searched
+    assert onecycle.base_config().data.kind == "coco" and onecycle.base_config().model.num_keypoints == 23
+    assert spaces["quickstart"].base_config().data.kind == "synthetic"
