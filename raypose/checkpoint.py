@@ -22,7 +22,7 @@ from torchvision.models.detection import KeypointRCNN
 
 from raypose.errors import WeightsError
 from raypose.io import atomic_path
-from raypose.model import ModelConfig, build_model
+from raypose.model import ModelConfig, build_model, torch_load
 
 FORMAT = "raypose/1"
 
@@ -49,12 +49,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         WeightsError: missing file, unreadable file, or not a raypose checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: cannot read checkpoint ({e})") from None
+    ckpt = torch_load(path, what="checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(
             f"{path}: not a raypose checkpoint (no format={FORMAT!r}); for plain torchvision weights "

@@ -32,7 +32,8 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         raise InputError(f"{path}: cannot read image ({e})") from None
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` consecutive items (the last one shorter)."""
     batch: list = []
     for item in items:
         batch.append(item)
@@ -58,7 +59,7 @@ def predict_images(
     """
     model.eval()
     results: list[dict[str, np.ndarray]] = []
-    for batch in _batches(images, batch_size):
+    for batch in batched(images, batch_size):
         outputs = model([im.to(device, non_blocking=True) for im in batch])
         # .cpu() syncs the GPU once per batch.
         for out in outputs:

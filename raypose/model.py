@@ -292,17 +292,26 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         WeightsError: missing or unreadable file, or no state dict inside.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: cannot read as a torch weights file ({e})") from None
+    obj = torch_load(path, what="weights file")
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: holds no state dict (a mapping of tensor names to tensors)")
     return dict(obj)
+
+
+def torch_load(path: Path, what: str) -> object:
+    """``torch.load(weights_only=True)`` on the CPU, with errors that name the file.
+
+    Raises:
+        WeightsError: the file is missing or cannot be read as a torch file.
+    """
+    if not path.is_file():
+        raise WeightsError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot read as a torch {what} ({e})") from None
 
 
 def _detector_state_dict(config: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:

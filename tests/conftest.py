@@ -120,6 +120,7 @@ def ray_local():
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # with the dashboard: its State API lets Train V2 free the resources of trials ASHA stops
+    ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

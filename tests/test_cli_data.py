@@ -128,7 +128,7 @@ def test_merge_errors_exit_2_with_one_message_and_no_output(tmp_path, capsys):
     ]
     code = main(argv)
     err = capsys.readouterr().err
-    assert code == 2 and "raypose data: error:" in err and "foot.json" in err and "424242" in err
+    assert code == 2 and "raypose data merge-foot: error:" in err and "foot.json" in err and "424242" in err
     assert err.count("\n") == 1 and not out.exists()
     assert main([*argv, "--allow-unmatched"]) == 0
     assert "1 foot-only" in capsys.readouterr().out

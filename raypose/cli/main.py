@@ -45,13 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
     try:
         return int(args.func(args) or 0)
     except RayposeError as e:
-        print(f"raypose {args.command}: error: {e}", file=sys.stderr)
+        print(f"raypose {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"raypose {args.command}: interrupted", file=sys.stderr)
+        print(f"raypose {command}: interrupted", file=sys.stderr)
         return 130
 
 

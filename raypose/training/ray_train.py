@@ -74,7 +74,9 @@ def init_ray(min_cpus: float = 1.0) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    # The dashboard serves the State API, which Train V2 uses to clean up the placement groups of
+    # trials that Tune stops early: without it their CPUs and GPUs leak until Ray shuts down.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
 
 
 def use_gpu(config: TrainConfig) -> bool:

@@ -115,19 +115,9 @@ def detect_frames(
     """
     import torch
 
-    from raypose.inference import predict_images
+    from raypose.inference import batched, predict_images
 
-    def batches() -> Iterator[list[np.ndarray]]:
-        batch: list[np.ndarray] = []
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    for batch in batches():
+    for batch in batched(frames, batch_size):
         tensors = [torch.from_numpy(f).permute(2, 0, 1).float().div_(255.0) for f in batch]
         for out in predict_images(model, tensors, device, batch_size):
             keep = out["scores"] >= score_thresh
