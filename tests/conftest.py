@@ -109,18 +109,19 @@ def tiny_train_config(synth_data: SynthData, tmp_path: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local():
-    """One local Ray instance for the test session, with more logical CPUs than this machine's cores.
+    """A local Ray instance shared by the tests that need one, with more logical CPUs than cores.
 
     A Tune trial and each of its Train workers hold a CPU slot: on a 2-core CI machine that is
-    more slots than cores, so Ray is told it has 6.
+    more slots than cores, so Ray is told it has 6. Started on first use and kept for the session
+    (Ray shuts itself down at exit); a test that stops every Ray process leaves it to be restarted.
     """
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("RAY_ADDRESS", None)
-    # with the dashboard: its State API lets Train V2 free the resources of trials ASHA stops
-    ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        # with the dashboard: its State API lets Train V2 free the resources of trials ASHA stops
+        ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    return ray

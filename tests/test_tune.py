@@ -108,24 +108,43 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path):
-    """A head and a worker node (`ray start`) on loopback; yields the Jobs API address."""
+def two_node_cluster():
+    """A head and a worker node (`ray start`) on loopback; yields the Jobs API address.
+
+    `ray stop --force` ends every Ray process on the machine, so the session's in-process Ray
+    is shut down first (the ``ray_local`` fixture starts it again if a later test needs it).
+    """
+    import tempfile
+
+    import ray
+
+    ray.shutdown()
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray >= 2.59 turns token authentication on for clusters started with `ray start`; a loopback
+    # test cluster runs without it (head, worker and job client alike).
+    env["RAY_AUTH_MODE"] = "disabled"
     gcs, dashboard = free_port(), free_port()
-    temp = tmp_path / "ray"
+    # Ray's socket paths must stay under 108 characters: pytest's tmp_path is too deep.
+    temp = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")
+    # Each node its own session folder, as on separate machines: two nodes sharing one would
+    # unpack and delete the job's working_dir under each other.
+    worker_temp = tempfile.mkdtemp(prefix="rp-ray-w-", dir="/tmp")
     head = [ray_bin, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
             f"--temp-dir={temp}", "--disable-usage-stats"]
     subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
     try:
-        worker = [ray_bin, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
+        worker = [ray_bin, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                  f"--temp-dir={worker_temp}"]
         subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(worker_temp, ignore_errors=True)
 
 
 def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, tiny_train_config, tmp_path):
@@ -156,3 +175,5 @@ def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, tiny_trai
     _, parents, children = mlflow_state(uri)
     assert len(parents) == 1 and len(children) == 2
     assert all("oks_map" in c.data.metrics for c in children)
+    # the final stage ran in the job and wrote best/ to the (shared) storage
+    assert (project / "runs" / "mini" / "best" / "checkpoint.pth").is_file()
