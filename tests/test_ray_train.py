@@ -54,3 +54,18 @@ def test_storage_path_is_absolute_for_ray(tiny_train_config):
     assert storage_uri(validate_train_config({**tiny_train_config, "storage_path": "s3://b/runs"})) == "s3://b/runs"
     with pytest.raises(Exception, match="workers: 0 means local mode"):
         build_trainer(validate_train_config({**tiny_train_config, "workers": 0}))
+
+
+def test_non_finite_loss_on_a_worker_fails_the_run_with_its_components(ray_local, tiny_train_config, tmp_path, capsys):
+    import yaml
+
+    from raypose.cli.main import main
+
+    raw = {**tiny_train_config, "name": "nan", "workers": 1, "grad_clip": None,
+           "optim": {"name": "sgd", "lr": 1.0e12}, "schedule": {"name": "constant"}}
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "raypose train: error: training failed" in err
+    assert "non-finite loss at epoch 0" in err and "loss_keypoint=" in err and "Lower the learning rate" in err

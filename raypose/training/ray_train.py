@@ -19,7 +19,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raypose.checkpoint import load_checkpoint
-from raypose.errors import ConfigError
+from raypose.errors import ConfigError, TrainingError
 from raypose.training.config import TrainConfig
 from raypose.training.run import CHECKPOINT_FILE, run_training
 
@@ -129,5 +129,27 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failur
 
 
 def fit(config: TrainConfig, max_failures: int = 0) -> ray.train.Result:
-    """Run the training on Ray Train and return its result (metrics, best checkpoints)."""
-    return build_trainer(config, max_failures=max_failures).fit()
+    """Run the training on Ray Train and return its result (metrics, best checkpoints).
+
+    Raises:
+        TrainingError: the run failed; the message is the failing worker's own error (e.g. a
+            non-finite loss with its components), not Ray's wrapper around it.
+    """
+    try:
+        result = build_trainer(config, max_failures=max_failures).fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainingError(f"training failed: {describe_failure(e)}") from e
+    if result.error is not None:
+        raise TrainingError(f"training failed: {describe_failure(result.error)}")
+    return result
+
+
+def describe_failure(error: BaseException) -> str:
+    """The first failing worker's exception as one line, unwrapped from Ray's error types."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if failures:
+        rank, failure = min(failures.items())
+        cause = getattr(failure, "cause", None) or failure
+        return f"worker {rank}: {type(cause).__name__}: {cause}"
+    cause = getattr(error, "controller_failure", None) or error
+    return f"{type(cause).__name__}: {cause}"
