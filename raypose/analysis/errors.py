@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raypose.evaluation.fast import CategoryData, MatchResult, match, pair_oks
+from raypose.evaluation.fast import CategoryData, MatchResult, match, pair_oks, same_image_pairs
 from raypose.evaluation.oks import oks_pairs
 from raypose.schema import KeypointSchema
 
@@ -84,17 +84,6 @@ class KeypointErrors:
         out[inv] = self.inv_ks[inv]
         out[swap] = self.other_ks[swap]
         return out
-
-
-def same_image_pairs(data: CategoryData) -> tuple[np.ndarray, np.ndarray]:
-    """Every (detection, ground truth) index pair of the same image, each (P,), grouped by detection."""
-    gt_count = np.bincount(data.gt_img, minlength=data.num_images)
-    gt_start = np.cumsum(gt_count) - gt_count
-    per_dt = gt_count[data.dt_img]
-    pair_dt = np.repeat(np.arange(len(data.dt_img)), per_dt)
-    offsets = np.arange(len(pair_dt)) - np.repeat(np.cumsum(per_dt) - per_dt, per_dt)
-    pair_gt = gt_start[data.dt_img][pair_dt] + offsets
-    return pair_dt, pair_gt
 
 
 def pair_keypoint_similarity(

@@ -139,18 +139,24 @@ def select_keypoint(data: CategoryData, k: int) -> CategoryData:
     )
 
 
-def pair_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OKS for every (kept detection, ground truth) pair in the same image.
-
-    Returns:
-        ``(pair_dt, pair_gt, oks)``, each (P,): detection index, ground-truth index, OKS.
-    """
+def same_image_pairs(data: CategoryData) -> tuple[np.ndarray, np.ndarray]:
+    """Every (detection, ground truth) index pair of the same image, each (P,), grouped by detection."""
     gt_count = np.bincount(data.gt_img, minlength=data.num_images)
     gt_start = np.cumsum(gt_count) - gt_count
     per_dt = gt_count[data.dt_img]
     pair_dt = np.repeat(np.arange(len(data.dt_img)), per_dt)
     offsets = np.arange(len(pair_dt)) - np.repeat(np.cumsum(per_dt) - per_dt, per_dt)
     pair_gt = gt_start[data.dt_img][pair_dt] + offsets
+    return pair_dt, pair_gt
+
+
+def pair_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OKS for every (kept detection, ground truth) pair in the same image.
+
+    Returns:
+        ``(pair_dt, pair_gt, oks)``, each (P,): detection index, ground-truth index, OKS.
+    """
+    pair_dt, pair_gt = same_image_pairs(data)
     oks = oks_pairs(
         data.dt_kpts[pair_dt],
         data.gt_kpts[pair_gt],
