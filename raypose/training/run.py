@@ -99,10 +99,6 @@ class LocalSession:
         for stale in ranked[max(self.keep - 1, 0) :]:
             shutil.rmtree(stale)
 
-    def best_checkpoint(self) -> Path | None:
-        dirs = self._checkpoint_dirs()
-        return dirs[-1] / CHECKPOINT_FILE if dirs else None
-
 
 def ensure_data(config: TrainConfig) -> None:
     """Make sure the data the config names is there; generate the synthetic set when missing.
@@ -164,11 +160,12 @@ def _val_source(ds) -> str:
     return base.annotations.source
 
 
-def make_train_loader(train, config: TrainConfig, session: Session, epoch_seed: int) -> DataLoader:
+def make_train_loader(train, config: TrainConfig, session: Session) -> DataLoader:
+    """Shuffled training batches; each epoch reseeds the sampler (see ``_run_epoch``)."""
     if session.world_size > 1:
         sampler = DistributedSampler(train, session.world_size, session.world_rank, shuffle=True, seed=config.seed)
     else:
-        sampler = RandomSampler(train, generator=torch.Generator().manual_seed(config.seed + epoch_seed))
+        sampler = RandomSampler(train, generator=torch.Generator().manual_seed(config.seed))
     return DataLoader(
         train,
         batch_size=config.batch_size,
@@ -230,7 +227,7 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     act_stats = ActivationStats(model, config.activation_stats) if config.activation_stats else None
     if session.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loader = make_train_loader(train, config, session, 0)
+    loader = make_train_loader(train, config, session)
     steps_per_epoch = len(loader) // config.accumulate
     if steps_per_epoch == 0:
         raise ConfigError(

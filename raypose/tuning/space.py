@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from raypose.errors import ConfigError
 from raypose.training.config import (
     TrainConfig,
+    flatten,
     format_validation_error,
     parse_overrides,
     read_yaml,
@@ -169,7 +170,7 @@ class SpaceSampler:
 
     def __init__(self, space: SearchSpace):
         self.search = space.search
-        self.base_flat = _flat(space.base)
+        self.base_flat = flatten(space.base)
         self.baseline = space.tune.baseline
 
     def __call__(self, trial: Any) -> dict[str, Any]:
@@ -187,16 +188,6 @@ class SpaceSampler:
 def config_key(param: str) -> str:
     """The config key of an Optuna parameter name (``optim.lr|1`` -> ``optim.lr``)."""
     return param.split("|", 1)[0]
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def load_search_space(path: str | os.PathLike, overrides: list[str] | None = None) -> SearchSpace:
@@ -246,7 +237,7 @@ def load_search_space(path: str | os.PathLike, overrides: list[str] | None = Non
 
 def _check_dimensions(space: SearchSpace) -> None:
     """Each dimension's extreme values must validate against the training config."""
-    known = set(space.search) | set(_flat(space.base))
+    known = set(space.search) | set(flatten(space.base))
     for key, alternatives in space.search.items():
         if not alternatives:
             raise ConfigError(f"{space.source}: search.{key} lists no distribution")
