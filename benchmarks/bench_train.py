@@ -45,7 +45,8 @@ def cpu_benchmark(images: int, epochs: int) -> dict:
     from raypose.data.synth import generate_synthetic_dataset, prepare_dataset
     from raypose.training.config import validate_train_config
     from raypose.training.ray_train import fit, init_ray
-    from raypose.training.run import LocalSession, run_training
+    from raypose.training.run import run_training
+    from raypose.training.sessions import LocalSession
 
     work = Path(tempfile.mkdtemp(prefix="raypose-bench-"))
     generate_synthetic_dataset(work / "synth", images, 4, seed=0)

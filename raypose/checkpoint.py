@@ -25,6 +25,8 @@ from raypose.io import atomic_path
 from raypose.model import ModelConfig, build_model, torch_load
 
 FORMAT = "raypose/1"
+# The file name of a checkpoint inside a training checkpoint folder (local or in Ray storage).
+CHECKPOINT_FILE = "checkpoint.pth"
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, model_config: ModelConfig, **extra: Any) -> Path:

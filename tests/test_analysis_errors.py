@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from raypose.analysis.data import analysis_input_from_dicts
-from raypose.analysis.errors import (
+from raypose.analysis.error_types import (
     GOOD,
     GOOD_KS,
     INVERSION,

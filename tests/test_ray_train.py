@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raypose.training.config import validate_train_config
-from raypose.training.ray_train import build_trainer, fit, storage_uri
+from raypose.training.ray_train import build_trainer, fit
 
 pytestmark = pytest.mark.ray
 
@@ -48,10 +48,7 @@ def test_two_gloo_workers_run_ddp_and_resume(ray_local, tiny_train_config, tmp_p
             "loss_rpn_box_reg", "lr", "oks_ap50", "oks_ap75", "oks_ar"} <= set(runs[0].data.metrics)
 
 
-def test_storage_path_is_absolute_for_ray(tiny_train_config):
-    cfg = validate_train_config({**tiny_train_config, "storage_path": "relative/runs", "workers": 1})
-    assert storage_uri(cfg).startswith("/")
-    assert storage_uri(validate_train_config({**tiny_train_config, "storage_path": "s3://b/runs"})) == "s3://b/runs"
+def test_local_mode_is_not_a_ray_train_run(tiny_train_config):
     with pytest.raises(Exception, match="workers: 0 means local mode"):
         build_trainer(validate_train_config({**tiny_train_config, "workers": 0}))
 
@@ -69,3 +66,11 @@ def test_non_finite_loss_on_a_worker_fails_the_run_with_its_components(ray_local
     err = capsys.readouterr().err
     assert "raypose train: error: training failed" in err
     assert "non-finite loss at epoch 0" in err and "loss_keypoint=" in err and "Lower the learning rate" in err
+
+
+def test_fractional_gpus_per_worker_reach_the_scaling_config(tiny_train_config):
+    cfg = validate_train_config({**tiny_train_config, "workers": 2, "use_gpu": True, "gpus_per_worker": 0.25})
+    scaling = build_trainer(cfg).scaling_config
+    assert scaling.use_gpu and scaling.num_workers == 2
+    assert scaling.resources_per_worker == {"CPU": 1.0, "GPU": 0.25}
+    assert not build_trainer(validate_train_config({**cfg.model_dump(), "use_gpu": False})).scaling_config.use_gpu

@@ -9,10 +9,12 @@ import torch
 
 from raypose.checkpoint import load_checkpoint, load_model_from_checkpoint
 from raypose.cli.main import main
+from raypose.data.prepare import ensure_data
 from raypose.errors import ConfigError, InputError
 from raypose.training.config import validate_train_config
 from raypose.training.overfit import run_overfit
-from raypose.training.run import LocalSession, ensure_data, run_training
+from raypose.training.run import run_training
+from raypose.training.sessions import LocalSession
 
 
 class CrashAfter(LocalSession):
@@ -97,13 +99,13 @@ def test_keypoint_count_mismatch_is_a_config_error(tiny_train_config):
 def test_missing_coco_data_says_how_to_get_it(tiny_train_config, tmp_path):
     cfg = validate_train_config({**tiny_train_config, "data": {"root": str(tmp_path / "coco"), "kind": "coco"}})
     with pytest.raises(InputError, match="raypose data prepare --root"):
-        ensure_data(cfg)
+        ensure_data(cfg.data)
 
 
 def test_missing_synthetic_data_is_generated(tiny_train_config, tmp_path):
     data = {"root": str(tmp_path / "gen"), "kind": "synthetic", "synth": {"train": 3, "val": 2, "seed": 1}}
     cfg = validate_train_config({**tiny_train_config, "data": data})
-    ensure_data(cfg)
+    ensure_data(cfg.data)
     merged = json.loads((tmp_path / "gen" / "annotations" / "person_keypoints_val2017_foot23.json").read_text())
     assert len(merged["images"]) == 2 and len(merged["categories"][0]["keypoints"]) == 23
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from raypose.errors import ConfigError
-from raypose.training.config import flatten, load_train_config, parse_overrides, set_dotted
+from raypose.training.config import (
+    flatten,
+    load_train_config,
+    parse_overrides,
+    set_dotted,
+    validate_train_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +82,48 @@ def test_shipped_configs_validate():
     for path in configs:
         cfg = load_train_config(path)
         assert cfg.model.num_keypoints in (17, 23)
+
+
+def test_resolve_config_fixes_paths_and_tracking_uri_once(tiny_train_config, tmp_path, monkeypatch):
+    from raypose.training.config import resolve_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = {**tiny_train_config, "storage_path": "relative/runs", "data": {"root": "data/x"},
+           "model": {**tiny_train_config["model"], "weights": "w/model.pth"},
+           "mlflow": {"enabled": True, "tracking_uri": "sqlite:///rel/mlflow.db"}}
+    cfg = resolve_config(validate_train_config(raw), base_dir=tmp_path)
+    assert cfg.storage_path == str(tmp_path / "relative/runs")
+    assert cfg.data.root == str(tmp_path / "data/x") and cfg.model.weights == str(tmp_path / "w/model.pth")
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path}/rel/mlflow.db"  # four slashes: absolute
+    # URIs and absolute paths are left alone; resolving twice changes nothing
+    remote = resolve_config(validate_train_config({**raw, "storage_path": "s3://b/runs",
+                                                   "mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}))
+    assert remote.storage_path == "s3://b/runs" and remote.mlflow.tracking_uri == "http://127.0.0.1:5000"
+    assert resolve_config(cfg, base_dir="/elsewhere") == cfg
+    # the default (no URI configured) is MLflow's own, made absolute
+    monkeypatch.chdir(tmp_path)
+    default = resolve_config(validate_train_config({**raw, "mlflow": {}})).mlflow.tracking_uri
+    assert default.startswith(("sqlite:////", "file:///")) and str(tmp_path) in default
+
+
+def test_configs_are_frozen(tiny_train_config):
+    import pydantic
+
+    cfg = validate_train_config(tiny_train_config)
+    with pytest.raises(pydantic.ValidationError):
+        cfg.epochs = 3
+    with pytest.raises(pydantic.ValidationError):
+        cfg.optim.lr = 1.0
+
+
+@pytest.mark.parametrize(("value", "parsed"), [(True, True), ("yes", True), ("true", True), (False, False),
+                                               ("no", False), ("auto", "auto")])
+def test_use_gpu_accepts_booleans_and_auto(tiny_train_config, tmp_path, value, parsed):
+    import yaml
+
+    assert validate_train_config({**tiny_train_config, "use_gpu": value}).use_gpu == parsed
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_train_config))
+    assert load_train_config(path, [f"use_gpu={value}"]).use_gpu == parsed  # --set use_gpu=yes is YAML's true
+    with pytest.raises(ConfigError, match="use_gpu"):
+        validate_train_config({**tiny_train_config, "use_gpu": "maybe"})

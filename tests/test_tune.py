@@ -72,6 +72,18 @@ def test_search_logs_trials_and_writes_best(ray_local, tiny_train_config, tmp_pa
         assert steps == sorted(set(steps)) and steps[0] == 1
         assert (child.data.tags["raypose.trial_status"] == "completed") == (steps[-1] == 2)
     assert "gain_over_baseline" in parents[0].data.metrics
+    # every run ended; none is left RUNNING
+    assert parents[0].info.status == "FINISHED"
+    assert all(c.info.status in ("FINISHED", "KILLED") and c.info.end_time for c in children)
+    # one name per searched value, run identity in tags, the space on the parent under the same names
+    for child in children:
+        assert not any("|" in k for k in child.data.params)
+        assert not {"name", "storage_path", "mlflow.run_id", "mlflow.parent_run_id"} & set(child.data.params)
+        assert child.data.tags["raypose.name"].startswith("mini-")
+    assert "loguniform" in parents[0].data.params["optim.lr"] and "optim.name=adamw" in parents[0].data.params["optim.lr"]
+    assert client.get_experiment_by_name("tune-test").tags["mlflow.experimentKind"] == "custom_model_development"
+    trial_dirs = [p.name for p in (tmp_path / "runs" / "mini").iterdir() if p.is_dir() and p.name != "best"]
+    assert len(trial_dirs) == 3 and not any("|" in d for d in trial_dirs)
 
     best = tmp_path / "runs" / "mini" / "best"
     summary = json.loads((best / "metrics.json").read_text())
@@ -83,6 +95,9 @@ def test_search_logs_trials_and_writes_best(ray_local, tiny_train_config, tmp_pa
     assert (best / "checkpoint.pth").stat().st_size > 1_000_000
     assert (best / "analysis" / "report.html").is_file() and (best / "analysis" / "summary.json").is_file()
     assert yaml.safe_load((best / "config.yaml").read_text())["optim"]["name"] == summary["best_config"]["optim.name"]
+    assert not any("|" in k for k in summary["best_config"]) and "optim.lr" in summary["best_config"]
+    report = (best / "report.md").read_text()
+    assert "optim.lr=" in report and "optim.lr|" not in report
 
     # resuming a finished search runs nothing again and logs into the same MLflow runs
     assert main(["tune", str(space), "--resume"]) == 0
@@ -93,8 +108,8 @@ def test_search_logs_trials_and_writes_best(ray_local, tiny_train_config, tmp_pa
 
 def test_local_storage_on_a_multi_node_cluster_is_refused(tiny_train_config, tmp_path):
     from raypose.errors import ConfigError
+    from raypose.tuning.search import check_shared_storage
     from raypose.tuning.space import load_search_space
-    from raypose.tuning.tune import check_shared_storage
 
     space = load_search_space(write_space(tmp_path, tiny_train_config, "sqlite:///x.db", require_shared_storage=True))
     with pytest.raises(ConfigError, match="s3://"):

@@ -36,14 +36,16 @@ def space_file(tmp_path: Path) -> Path:
     return path
 
 
-def sample(space, n: int) -> list[dict]:
+def sample(space, n: int, optuna_params: list | None = None) -> list[dict]:
+    """The configs of ``n`` trials, as the sampler returns them; Optuna's own names go to ``optuna_params``."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=space.tune.seed))
     sampler = SpaceSampler(space)
     trials = []
     for i in range(n):
         trial = study.ask()
-        constants = sampler(trial)
-        trials.append({**trial.params, **constants})
+        trials.append(sampler(trial))
+        if optuna_params is not None:
+            optuna_params.append(dict(trial.params))
         study.tell(trial, float(i % 3))
     return trials
 
@@ -60,16 +62,19 @@ def test_first_trial_is_the_torchvision_baseline(space_file):
 
 def test_conditionals_and_alternatives(space_file):
     space = load_search_space(space_file)
-    trials = sample(space, 12)[1:]
+    optuna_params: list[dict] = []
+    trials = sample(space, 12, optuna_params)[1:]
     assert all(t[TRIAL_KIND_KEY] == "search" for t in trials)
     names = {t["optim.name"] for t in trials}
     assert names == {"sgd", "adamw"}
-    for t in trials:
+    for t, ot in zip(trials, optuna_params[1:]):
         cfg = space.trial_config(t, name="t")
-        if cfg.optim.name == "sgd":
-            assert "optim.momentum" in t and "optim.lr|1" in t and 1e-2 <= cfg.optim.lr <= 5e-2
+        assert not any("|" in k for k in t)  # one name for users: the config key
+        assert cfg.optim.lr == t["optim.lr"]
+        if cfg.optim.name == "sgd":  # Optuna keeps one parameter per alternative range
+            assert "optim.momentum" in t and ot["optim.lr|1"] == t["optim.lr"] and 1e-2 <= cfg.optim.lr <= 5e-2
         else:
-            assert "optim.momentum" not in t and "optim.lr|0" in t and 1e-4 <= cfg.optim.lr <= 1e-3
+            assert "optim.momentum" not in t and ot["optim.lr|0"] == t["optim.lr"] and 1e-4 <= cfg.optim.lr <= 1e-3
         assert "schedule.pct_start" in t  # the base schedule is onecycle
         assert 1 <= cfg.accumulate <= 4 and isinstance(cfg.accumulate, int)
 
@@ -81,7 +86,7 @@ def test_seeded_search_is_reproducible(space_file):
 
 def test_overrides_reach_base_and_tune(space_file):
     space = load_search_space(space_file, ["epochs=7", "tune.num_samples=5", "tune.asha.grace_period=2"])
-    assert space.base_config().epochs == 7
+    assert space.base.epochs == 7
     assert space.tune.num_samples == 5 and space.tune.asha.grace_period == 2
 
 
@@ -123,5 +128,39 @@ def test_shipped_search_spaces_validate():
     searched = set(onecycle.search)
     assert {"optim.name", "optim.lr", "schedule.name", "model.freeze", "model.backbone", "accumulate",
             "batch_size", "optim.weight_decay"} <= searched
-    assert onecycle.base_config().data.kind == "coco" and onecycle.base_config().model.num_keypoints == 23
-    assert spaces["quickstart"].base_config().data.kind == "synthetic"
+    assert onecycle.base.data.kind == "coco" and onecycle.base.model.num_keypoints == 23
+    assert spaces["quickstart"].base.data.kind == "synthetic"
+
+
+def test_conditions_are_sampled_after_what_they_name(tmp_path):
+    """A dimension listed before the one its when: names still sees the sampled value."""
+    (tmp_path / "base.yaml").write_text(BASE)
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "base: base.yaml\nsearch:\n"
+        "  optim.lr:\n"
+        "    - {loguniform: [1.0e-4, 1.0e-3], when: {optim.name: adamw}}\n"
+        "    - {loguniform: [1.0e-2, 5.0e-2], when: {optim.name: sgd}}\n"
+        "  optim.momentum: {uniform: [0.8, 0.9], when: {optim.name: sgd}}\n"
+        "  optim.name: {choice: [sgd, adamw]}\n"
+        "tune: {baseline: false}\n"
+    )
+    space = load_search_space(path)
+    trials = sample(space, 16)
+    assert {t["optim.name"] for t in trials} == {"sgd", "adamw"}
+    for t in trials:
+        low, high = (1e-2, 5e-2) if t["optim.name"] == "sgd" else (1e-4, 1e-3)
+        assert low <= t["optim.lr"] <= high
+        assert ("optim.momentum" in t) == (t["optim.name"] == "sgd")
+
+
+def test_conditions_in_a_cycle_are_refused(tmp_path):
+    (tmp_path / "base.yaml").write_text(BASE)
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "base: base.yaml\nsearch:\n"
+        "  optim.name: {choice: [sgd, adamw], when: {accumulate: 2}}\n"
+        "  accumulate: {int: [1, 2], when: {optim.name: sgd}}\n"
+    )
+    with pytest.raises(ConfigError, match="cycle"):
+        load_search_space(path)

@@ -1,7 +1,7 @@
 """Error analysis of keypoint detections (Ronchi & Perona, ICCV 2017), for any keypoint count.
 
 * :mod:`raypose.analysis.data`: ground truth + detections as flat arrays in COCOeval's order;
-* :mod:`raypose.analysis.errors`: per-keypoint classification (good / jitter / inversion / swap /
+* :mod:`raypose.analysis.error_types`: per-keypoint classification (good / jitter / inversion / swap /
   miss), corrections, per-detection and per-image OKS, background false positives, missed people;
 * :mod:`raypose.analysis.progressive`: AP after cumulatively correcting each error type;
 * :mod:`raypose.analysis.oracle`: the keypoint head on ground-truth boxes (needs torch);

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from raypose.analysis.errors import UNCLASSIFIED
+from raypose.analysis.error_types import UNCLASSIFIED
 from raypose.analysis.summary import AnalysisResult
 from raypose.data.draw import draw_skeletons
 from raypose.io import atomic_path

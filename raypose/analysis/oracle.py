@@ -24,7 +24,7 @@ from torchvision.models.detection import KeypointRCNN
 from torchvision.models.detection.roi_heads import keypointrcnn_inference
 
 from raypose.analysis.data import MAX_DETS, AnalysisInput, select_detections, with_scores
-from raypose.analysis.errors import classify_keypoints, oks_loss_share
+from raypose.analysis.error_types import classify_keypoints, oks_loss_share
 from raypose.analysis.progressive import evaluate_category
 from raypose.checkpoint import load_model_from_checkpoint
 from raypose.errors import WeightsError

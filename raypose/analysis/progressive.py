@@ -4,7 +4,7 @@ Starting from the original detections, errors are corrected cumulatively, and CO
 (OKS 0.50:0.05:0.95, and at 0.5) is measured after each step:
 
 1. ``miss``, 2. ``swap``, 3. ``inversion``, 4. ``jitter``: the keypoints of detections matched
-   at OKS >= 0.1 are moved as :func:`raypose.analysis.errors.corrected_keypoints` says;
+   at OKS >= 0.1 are moved as :func:`raypose.analysis.error_types.corrected_keypoints` says;
 5. ``score``: optimal rescoring: in each image the detections are assigned one-to-one to the
    regular ground truths maximising total OKS (Hungarian), an assigned detection's score becomes
    its OKS, the others score 0 (or, in images with ignored people, their best OKS to an ignored
@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from raypose.analysis.data import MAX_DETS, AnalysisInput, select_detections, with_scores
-from raypose.analysis.errors import (
+from raypose.analysis.error_types import (
     LOC_OKS_THRESHOLD,
     OKS_THRESHOLDS,
     KeypointErrors,

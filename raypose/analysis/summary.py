@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from raypose.analysis.data import AnalysisInput
-from raypose.analysis.errors import (
+from raypose.analysis.error_types import (
     ERROR_TYPES,
     LOC_OKS_THRESHOLD,
     OKS_THRESHOLDS,
@@ -48,7 +48,7 @@ class AnalysisResult:
     det_oks: np.ndarray  # (N,) OKS with the ground truth matched at OKS >= 0.1; NaN if none
     det_best_oks: np.ndarray  # (N,) highest OKS with any regular person of the image (0 if none)
     det_ignored: np.ndarray  # (N,) matched to an ignored ground truth (crowd / no keypoints)
-    image_oks: np.ndarray  # (I,) see raypose.analysis.errors.image_oks
+    image_oks: np.ndarray  # (I,) see raypose.analysis.error_types.image_oks
     worst: np.ndarray  # image positions, worst first
     oks_loss_share: np.ndarray  # (K,)
     mean_ks: np.ndarray  # (K,)

@@ -54,17 +54,15 @@ def _load(args) -> object:
 
 
 def _train(args) -> int:
+    from raypose.data.prepare import ensure_data
     from raypose.training.config import save_resolved_config
-    from raypose.training.run import LocalSession, ensure_data, run_training
+    from raypose.training.run import run_training
+    from raypose.training.sessions import LocalSession
 
     config = _load(args)
-    ensure_data(config)
+    ensure_data(config.data)
     if config.mlflow.enabled:
-        from raypose.tracking import tracking_uri
-
-        # Resolved here, where the user ran the command: Ray workers run in other folders.
-        uri = tracking_uri(config.mlflow.tracking_uri)
-        config = config.model_copy(update={"mlflow": config.mlflow.model_copy(update={"tracking_uri": uri})})
+        uri = config.mlflow.tracking_uri
         print(f"MLflow tracking URI: {uri}  (open it with `mlflow ui --backend-store-uri {uri}`)")
     save_resolved_config(config, os.path.join(config.run_dir, "config.yaml"))
     if config.workers == 0:
@@ -84,11 +82,11 @@ def _train(args) -> int:
 
 
 def _overfit(args) -> int:
+    from raypose.data.prepare import ensure_data
     from raypose.training.overfit import run_overfit
-    from raypose.training.run import ensure_data
 
     config = _load(args)
-    ensure_data(config)
+    ensure_data(config.data)
     out = args.out or os.path.join(config.storage_path, f"{config.name}-overfit")
     result = run_overfit(config, args.images, args.epochs, out, eval_every=args.eval_every)
     first, last = result.first, result.last

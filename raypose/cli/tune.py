@@ -43,44 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tune(args) -> int:
-    from raypose.training.ray_train import init_ray
-    from raypose.training.run import ensure_data
-    from raypose.tuning.final import final_stage, pick_best
     from raypose.tuning.space import load_search_space
-    from raypose.tuning.tune import run_search, trial_table
+    from raypose.tuning.study import run_study
 
     space = load_search_space(args.space, args.overrides)
-    base = space.base_config()
-    ensure_data(base)
-    if base.mlflow.enabled:
-        from raypose.tracking import tracking_uri
-
-        # Resolved here, where the user ran the command: trials and workers run in other folders.
-        uri = tracking_uri(base.mlflow.tracking_uri)
-        space.base.setdefault("mlflow", {})["tracking_uri"] = uri
+    if space.base.mlflow.enabled:
+        uri = space.base.mlflow.tracking_uri
         print(f"MLflow tracking URI: {uri}  (compare trials with `mlflow ui --backend-store-uri {uri}`)")
-    per_trial = base.workers * base.cpus_per_worker + space.tune.trial_cpus
-    init_ray(min_cpus=space.tune.max_concurrent * per_trial + 1)
-    results, parent, paths = run_search(space, resume=args.resume)
-    rows = trial_table(results)
-    best, baseline = pick_best(rows)
-    summary = final_stage(
-        best, baseline, space.trial_config(best["config"], name=f"{space.name}-best"), paths.local_dir / "best",
-        rows, analyze=space.tune.final_analysis, worst=space.tune.worst,
-    )
-    if parent is not None:
-        parent.log_metrics({
-            "best_oks_map": summary["search_oks_map"],
-            "best_val_AP": summary["validation"]["AP"],
-            "baseline_oks_map": summary["baseline_oks_map"] or 0.0,
-            "gain_over_baseline": summary["gain_over_baseline"] or 0.0,
-            "trial_epochs_saved": summary["trial_epochs_saved"],
-        }, step=0)
-        parent.set_tags({"raypose.best_trial": best["trial_id"]})
-        parent.log_artifact(paths.local_dir / "best", "best")
-        parent.end()
-    print((paths.local_dir / "best" / "report.md").read_text())
-    print(f"best checkpoint, config, metrics and report: {paths.local_dir / 'best'}")
+    study = run_study(space, resume=args.resume)
+    print(study.report)
+    print(f"best checkpoint, config, metrics and report: {study.best_dir}")
     return 0
 
 

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raypose.errors import ConfigError
 from raypose.model import ModelConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    # frozen: a config is validated once and then only read (copies via model_copy(update=...))
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
 
 
 class SynthConfig(_Strict):
@@ -102,8 +103,11 @@ class TrainConfig(_Strict):
     amp: bool = Field(default=True, description="mixed precision (float16 autocast + GradScaler) on GPU")
     grad_clip: float | None = Field(default=None, gt=0, description="max global grad norm")
     workers: int = Field(default=1, ge=0, description="Ray Train workers; 0 = local (one process)")
-    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    use_gpu: bool | Literal["auto"] = Field(
+        default="auto", description="true, false, or auto (GPUs when the Ray cluster has them at start)"
+    )
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=1.0, gt=0, description="below 1: several workers (trials) share a GPU")
     eval_batch_size: int = Field(default=4, gt=0)
     eval_every: int = Field(default=1, gt=0, description="evaluate every N epochs (and after the last)")
     keep_checkpoints: int = Field(default=2, gt=0)
@@ -117,6 +121,13 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _gpu_words(cls, value: Any) -> Any:
+        """``yes``/``no`` (and YAML's other spellings) as booleans; ``auto`` as it is."""
+        words = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
+        return words.get(value.lower(), value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if "://" in self.storage_path and not self.storage_path.startswith(("s3://", "gs://", "file://")):
@@ -127,26 +138,53 @@ class TrainConfig(_Strict):
     def run_dir(self) -> str:
         return os.path.join(self.storage_path, self.name)
 
-    def with_absolute_paths(self, base_dir: str | os.PathLike | None = None) -> TrainConfig:
-        """Relative local paths (data root, storage, weight files) made absolute against ``base_dir``
-        (default: the current folder), so that Ray workers, whose working folder differs, find them."""
-        base = Path(base_dir or os.getcwd())
 
-        def absolute(value: str) -> str:
-            return value if "://" in value or os.path.isabs(value) else str(base / value)
+def absolute_path(value: str, base_dir: str | os.PathLike | None = None) -> str:
+    """A local path made absolute against ``base_dir`` (default: the current folder); URIs unchanged."""
+    if "://" in value or os.path.isabs(value):
+        return value
+    return str(Path(base_dir or os.getcwd()) / value)
 
-        model_updates = {}
-        for key in ("weights", "backbone_weights"):
-            value = getattr(self.model, key)
-            if value is not None and value not in ("coco", "imagenet"):
-                model_updates[key] = absolute(value)
-        return self.model_copy(
-            update={
-                "storage_path": absolute(self.storage_path),
-                "data": self.data.model_copy(update={"root": absolute(self.data.root)}),
-                "model": self.model.model_copy(update=model_updates),
-            }
-        )
+
+def resolve_config(config: TrainConfig, base_dir: str | os.PathLike | None = None) -> TrainConfig:
+    """Fix what depends on where the command runs, once, before anything is sent to Ray.
+
+    Relative local paths (data root, storage, weight files) become absolute against ``base_dir``
+    and the MLflow tracking URI is resolved (config, else ``$MLFLOW_TRACKING_URI``, else MLflow's
+    default, made absolute), so Ray workers in other folders read the same files and runs.
+    """
+    model_updates = {
+        key: absolute_path(getattr(config.model, key), base_dir)
+        for key in ("weights", "backbone_weights")
+        if getattr(config.model, key) not in (None, "coco", "imagenet")
+    }
+    mlflow = config.mlflow
+    if mlflow.enabled:
+        from raypose.experiment_log import resolve_tracking_uri
+
+        mlflow = mlflow.model_copy(update={"tracking_uri": resolve_tracking_uri(mlflow.tracking_uri, base_dir)})
+    return config.model_copy(
+        update={
+            "storage_path": absolute_path(config.storage_path, base_dir),
+            "data": config.data.model_copy(update={"root": absolute_path(config.data.root, base_dir)}),
+            "model": config.model.model_copy(update=model_updates),
+            "mlflow": mlflow,
+        }
+    )
+
+
+# Differ from run to run without describing the recipe: MLflow gets them as tags, not params.
+IDENTITY_KEYS = ("name", "storage_path")
+
+
+def recipe_params(config: TrainConfig) -> dict[str, Any]:
+    """The flat config a user compares runs by (MLflow params): without run identity or MLflow settings."""
+    return {k: v for k, v in flatten(config).items() if k not in IDENTITY_KEYS and not k.startswith("mlflow.")}
+
+
+def identity_tags(config: TrainConfig) -> dict[str, str]:
+    """Run identity as MLflow tags (``raypose.name``, ``raypose.storage_path``)."""
+    return {f"raypose.{k}": str(getattr(config, k)) for k in IDENTITY_KEYS}
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -237,12 +275,12 @@ def format_validation_error(error: ValidationError, source: str) -> str:
 
 
 def load_train_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
-    """Read ``path``, apply ``--set`` overrides, validate; relative paths are taken from the
-    current folder and made absolute."""
+    """Read ``path``, apply ``--set`` overrides, validate, and :func:`resolve_config` against the
+    current folder."""
     raw = read_yaml(path)
     for key, value in parse_overrides(overrides).items():
         set_dotted(raw, key, value)
-    return validate_train_config(raw, source=str(path)).with_absolute_paths()
+    return resolve_config(validate_train_config(raw, source=str(path)))
 
 
 def save_resolved_config(config: TrainConfig, path: str | os.PathLike) -> Path:

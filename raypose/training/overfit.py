@@ -56,7 +56,7 @@ def run_overfit(
     images themselves and the loss on ``val_images`` validation images. Writes
     ``overfit.json`` and ``overfit.png`` (train vs. validation loss, training OKS) to ``out_dir``.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() and config.use_gpu != "no" else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() and config.use_gpu is not False else "cpu")
     torch.manual_seed(config.seed)
     data = config.data
     train = KeypointDataset(data.path(data.train_ann), data.path(data.train_images), train=True)

@@ -1,7 +1,7 @@
 """The one module that talks to Ray Train (Ray 2.60, Train V2 API).
 
-:func:`fit` builds a ``TorchTrainer`` whose workers run :func:`raypose.training.run.run_training`
-with a :class:`RaySession`. NCCL and one GPU per worker where GPUs exist, gloo on CPU (Ray Train
+:func:`build_trainer` makes a ``TorchTrainer`` whose workers run
+:func:`raypose.training.run.run_training` with a :class:`RaySession`; :func:`fit` runs one. NCCL and one GPU per worker where GPUs exist, gloo on CPU (Ray Train
 picks the backend). A run started again with the same ``name`` and ``storage_path`` finds its
 checkpoints in storage and resumes from the latest.
 """
@@ -18,16 +18,16 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raypose.checkpoint import load_checkpoint
+from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from raypose.errors import ConfigError, TrainingError
 from raypose.training.config import TrainConfig
-from raypose.training.run import CHECKPOINT_FILE, run_training
+from raypose.training.run import run_training
 
 log = logging.getLogger(__name__)
 
 
 class RaySession:
-    """:class:`raypose.training.run.Session` on a Ray Train worker."""
+    """:class:`raypose.training.sessions.Session` on a Ray Train worker."""
 
     def __init__(self) -> None:
         context = ray.train.get_context()
@@ -51,12 +51,12 @@ class RaySession:
         )
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker: the config arrives as a plain dict."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker: ``{"config": TrainConfig}``, validated on the driver."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    train_config = TrainConfig.model_validate(config)
-    torch.set_num_threads(max(1, int(train_config.cpus_per_worker)))
-    run_training(train_config, RaySession())
+    config: TrainConfig = loop_config["config"]
+    torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    run_training(config, RaySession())
 
 
 def init_ray(min_cpus: float = 1.0) -> None:
@@ -80,19 +80,13 @@ def init_ray(min_cpus: float = 1.0) -> None:
 
 
 def use_gpu(config: TrainConfig) -> bool:
-    """Whether workers get a GPU: ``auto`` means yes when the Ray cluster has GPUs."""
+    """Whether workers get a GPU: as the config says; ``auto`` means yes when the Ray cluster
+    has GPUs now (an autoscaling cluster may have none yet: cluster configs say ``true``)."""
     if config.use_gpu != "auto":
-        return config.use_gpu == "yes"
+        return bool(config.use_gpu)
     import ray
 
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
-
-
-def storage_uri(config: TrainConfig) -> str:
-    """Ray needs an absolute local path or a URI."""
-    if "://" in config.storage_path:
-        return config.storage_path
-    return os.path.abspath(config.storage_path)
 
 
 def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failures: int = 0) -> TorchTrainer:
@@ -106,14 +100,14 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failur
     gpu = use_gpu(config)
     resources = {"CPU": config.cpus_per_worker}
     if gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = config.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config.model_dump(mode="json"),
+        train_loop_config={"config": config},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=config.name,
-            storage_path=storage_uri(config),
+            storage_path=config.storage_path,  # absolute or a URI (resolve_config)
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,

@@ -6,54 +6,22 @@ the caller logs what this returns.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from raypose.checkpoint import load_model_from_checkpoint
+from raypose.checkpoint import CHECKPOINT_FILE, load_model_from_checkpoint
 from raypose.data.dataset import KeypointDataset, collate_fn
-from raypose.errors import RayposeError
 from raypose.evaluation.cocoeval import evaluate_keypoints, outputs_to_coco_results, write_eval_report
-from raypose.io import atomic_path, write_json_atomic, write_text_atomic
+from raypose.io import write_json_atomic, write_text_atomic
+from raypose.storage import fetch_file
 from raypose.training.config import TrainConfig, save_resolved_config
 from raypose.training.loop import predict_loader
-from raypose.training.run import CHECKPOINT_FILE
+from raypose.tuning.trials import TrialResult, epochs_saved
 
 log = logging.getLogger(__name__)
-
-
-def pick_best(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The trial with the highest oks_map at any epoch, and the baseline trial (if any).
-
-    Raises:
-        RayposeError: no trial reported an oks_map (all errored before their first evaluation).
-    """
-    scored = [r for r in rows if r["best_oks_map"] is not None and r["best_checkpoint"]]
-    if not scored:
-        errors = "; ".join(f"{r['trial_id']}: {r['error']}" for r in rows if r["error"])[:2000]
-        raise RayposeError(f"no trial produced an evaluated checkpoint. Trial errors: {errors or 'none'}")
-    best = max(scored, key=lambda r: r["best_oks_map"])
-    baseline = next((r for r in rows if r["kind"] == "baseline"), None)
-    return best, baseline
-
-
-def epochs_saved(rows: list[dict[str, Any]], epochs: int) -> float:
-    """The fraction of trial-epochs early stopping saved against running every trial to the end."""
-    budget = len(rows) * epochs
-    return 1.0 - sum(r["epochs"] for r in rows) / budget if budget else 0.0
-
-
-def fetch_checkpoint(checkpoint_dir: str, dest: Path) -> Path:
-    """Copy ``checkpoint.pth`` from a Train checkpoint folder (local path or URI) to ``dest``."""
-    from ray.train import Checkpoint
-
-    with Checkpoint(checkpoint_dir).as_directory() as folder:
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(Path(folder) / CHECKPOINT_FILE, tmp)
-    return dest
 
 
 def evaluate_full_validation(checkpoint: Path, config: TrainConfig, out_dir: Path) -> dict[str, Any]:
@@ -84,35 +52,35 @@ def run_error_analysis(config: TrainConfig, dets_path: str, out_dir: Path, worst
 
 
 def final_stage(
-    best: dict[str, Any], baseline: dict[str, Any] | None, config: TrainConfig, out_dir: Path,
-    rows: list[dict[str, Any]], analyze: bool = True, worst: int = 100,
+    best: TrialResult, baseline: TrialResult | None, config: TrainConfig, out_dir: Path,
+    trials: list[TrialResult], analyze: bool = True, worst: int = 100,
 ) -> dict[str, Any]:
     """Write ``out_dir`` (``best/``) and return the study summary (also in ``metrics.json``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = fetch_checkpoint(best["best_checkpoint"], out_dir / CHECKPOINT_FILE)
+    ckpt = fetch_file(f"{best.best_checkpoint}/{CHECKPOINT_FILE}", out_dir / CHECKPOINT_FILE)
     save_resolved_config(config, out_dir / "config.yaml")
     evaluation = evaluate_full_validation(ckpt, config, out_dir)
     summary: dict[str, Any] = {
-        "best_trial": best["trial_id"],
-        "best_config": best["config"],
-        "best_epoch": best.get("best_epoch"),
-        "search_oks_map": best["best_oks_map"],
+        "best_trial": best.trial_id,
+        "best_config": best.params,
+        "best_epoch": best.best_epoch,
+        "search_oks_map": best.best_oks_map,
         "validation": evaluation["stats"],
         "validation_images": evaluation["num_images"],
-        "baseline_trial": baseline["trial_id"] if baseline else None,
-        "baseline_oks_map": baseline["best_oks_map"] if baseline else None,
-        "gain_over_baseline": (best["best_oks_map"] - (baseline["best_oks_map"] or 0.0)) if baseline else None,
-        "trials": len(rows),
-        "trial_epochs_saved": epochs_saved(rows, config.epochs),
+        "baseline_trial": baseline.trial_id if baseline else None,
+        "baseline_oks_map": baseline.best_oks_map if baseline else None,
+        "gain_over_baseline": (best.best_oks_map - (baseline.best_oks_map or 0.0)) if baseline else None,
+        "trials": len(trials),
+        "trial_epochs_saved": epochs_saved(trials, config.epochs),
     }
     if analyze:
         summary["analysis"] = run_error_analysis(config, evaluation["detections"], out_dir / "analysis", worst)
     write_json_atomic(out_dir / "metrics.json", summary, indent=2)
-    write_text_atomic(out_dir / "report.md", study_report(summary, rows))
+    write_text_atomic(out_dir / "report.md", study_report(summary, trials))
     return summary
 
 
-def study_report(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def study_report(summary: dict[str, Any], trials: list[TrialResult]) -> str:
     """A Markdown summary: the result, then one line per trial, best first."""
     lines = [
         f"# Study result: trial {summary['best_trial']}",
@@ -126,10 +94,10 @@ def study_report(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append(f"- torchvision default recipe (trial {summary['baseline_trial']}): "
                      f"{base if base is None else f'{base:.4f}'}; gain {summary['gain_over_baseline']:+.4f}")
     lines += [f"- trial-epochs saved by early stopping: {summary['trial_epochs_saved']:.0%}", "",
-              "| trial | kind | epochs | best oks_map | error | config |", "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: -(r["best_oks_map"] if r["best_oks_map"] is not None else -1)):
-        score = "-" if r["best_oks_map"] is None else f"{r['best_oks_map']:.4f}"
-        error = (r["error"] or "")[:60].replace("|", "/").replace("\n", " ")
-        config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["config"].items())
-        lines.append(f"| {r['trial_id']} | {r['kind']} | {r['epochs']} | {score} | {error} | {config} |")
+              "| trial | kind | epochs | best oks_map | error | params |", "|---|---|---|---|---|---|"]
+    for t in sorted(trials, key=lambda t: -(t.best_oks_map if t.best_oks_map is not None else -1)):
+        score = "-" if t.best_oks_map is None else f"{t.best_oks_map:.4f}"
+        error = (t.error or "")[:60].replace("|", "/").replace("\n", " ")
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        lines.append(f"| {t.trial_id} | {t.kind} | {t.epochs} | {score} | {error} | {params} |")
     return "\n".join(lines) + "\n"

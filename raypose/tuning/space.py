@@ -20,13 +20,13 @@ Keys are dotted training-config keys. ``when`` makes a dimension conditional on 
     - {loguniform: [5.0e-3, 5.0e-2], when: {optim.name: sgd}}
 ```
 
-Optuna sees each alternative as its own parameter (``optim.lr|1``), since the ranges differ.
+Optuna sees each alternative as its own parameter (``optim.lr|1``), since the ranges differ;
+everywhere a user reads a value (Tune's config and trial names, MLflow, reports) it is ``optim.lr``.
 Pure Python + Optuna: no Ray here.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from pathlib import Path
@@ -37,10 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from raypose.errors import ConfigError
 from raypose.training.config import (
     TrainConfig,
+    absolute_path,
     flatten,
     format_validation_error,
     parse_overrides,
     read_yaml,
+    resolve_config,
     set_dotted,
     validate_train_config,
 )
@@ -133,12 +135,12 @@ class TuneSettings(BaseModel):
 
 
 class SearchSpace(BaseModel):
-    """A validated search space file."""
+    """A validated search space file: a frozen, resolved base config, dimensions, Tune settings."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str
-    base: dict[str, Any]
+    base: TrainConfig
     search: dict[str, list[Distribution]]
     tune: TuneSettings
 
@@ -146,30 +148,56 @@ class SearchSpace(BaseModel):
     def name(self) -> str:
         return self.tune.name or Path(self.source).stem
 
-    def base_config(self) -> TrainConfig:
-        return validate_train_config(self.base, source=f"{self.source}: base")
+    @property
+    def tune_dir(self) -> str:
+        """Tune's experiment folder: ``<tune.storage_path>/<name>`` (a path or a URI)."""
+        return f"{self.tune.storage_path}/{self.name}"
 
-    def trial_config(self, sampled: dict[str, Any], name: str) -> TrainConfig:
-        """The base config with a trial's sampled values applied (``trial_kind`` is not a config key)."""
-        raw = copy.deepcopy(self.base)
-        for key, value in sampled.items():
+    @property
+    def train_storage(self) -> str:
+        """Where the trials' Ray Train runs keep checkpoints: ``<tune.storage_path>/<name>_train``."""
+        return f"{self.tune.storage_path}/{self.name}_train"
+
+    @property
+    def study_dir(self) -> Path:
+        """A local folder for the study's own files (the parent run id, ``best/``)."""
+        if "://" in self.tune.storage_path:
+            return Path("runs").absolute() / self.name
+        return Path(self.tune.storage_path) / self.name
+
+    def trial_config(self, params: dict[str, Any], name: str) -> TrainConfig:
+        """The base config with a trial's values applied (dotted config keys, as Tune's config
+        holds them; ``trial_kind`` is not a config key). The one place a trial's config is made."""
+        raw = self.base.model_dump(mode="json")
+        for key, value in params.items():
             if key != TRIAL_KIND_KEY:
-                set_dotted(raw, config_key(key), value)
+                set_dotted(raw, key, value)
         raw["name"] = name
         return validate_train_config(raw, source=f"{self.source}: trial {name}")
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial's searched values under their config keys (``trial_kind`` left out)."""
+    return {k: v for k, v in config.items() if k != TRIAL_KIND_KEY}
 
 
 class SpaceSampler:
     """Optuna define-by-run sampling of a :class:`SearchSpace` (a picklable callable).
 
-    Dimensions are sampled in file order; a dimension whose ``when`` does not hold (against the
-    values sampled so far, then the base config) is skipped, so e.g. momentum exists only for
-    SGD trials. The study's first trial is the baseline recipe when enabled: it samples nothing,
+    Called with an Optuna trial (in Tune: Ray's wrapper around one), it returns the trial's
+    config: ``{config key: value, "trial_kind": "baseline" | "search"}``. Optuna names a
+    dimension with alternatives ``key|i`` (one parameter per range); Ray's ``OptunaSearch`` also
+    records every ``suggest_*`` call under that name, which :mod:`raypose.tuning.search` drops
+    so Tune's config carries only config keys.
+
+    Dimensions are sampled in file order, except that a dimension comes after those its ``when``
+    names (:func:`sampling_order`); one whose ``when`` does not hold (against the values sampled
+    so far, then the base config) is skipped, so e.g. momentum exists only for SGD trials. The study's first trial is the baseline recipe when enabled: it samples nothing,
     so TPE sees it as an observation without parameters rather than a point in the space.
     """
 
     def __init__(self, space: SearchSpace):
-        self.search = space.search
+        self.search = {key: space.search[key] for key in sampling_order(space.search)}
         self.base_flat = flatten(space.base)
         self.baseline = space.tune.baseline
 
@@ -180,14 +208,36 @@ class SpaceSampler:
         for key, alternatives in self.search.items():
             for i, dist in enumerate(alternatives):
                 if all(sampled.get(k, self.base_flat.get(k)) == v for k, v in dist.when.items()):
-                    sampled[key] = dist.suggest(trial, key if len(alternatives) == 1 else f"{key}|{i}")
+                    sampled[key] = dist.suggest(trial, optuna_name(key, i, len(alternatives)))
                     break
-        return {TRIAL_KIND_KEY: "search"}
+        return {**sampled, TRIAL_KIND_KEY: "search"}
 
 
-def config_key(param: str) -> str:
-    """The config key of an Optuna parameter name (``optim.lr|1`` -> ``optim.lr``)."""
-    return param.split("|", 1)[0]
+OPTUNA_ALTERNATIVE_SEP = "|"
+
+
+def sampling_order(search: dict[str, list[Distribution]]) -> list[str]:
+    """The searched keys in file order, moved so that each comes after the searched keys its
+    ``when`` conditions name.
+
+    Raises:
+        ConfigError: the conditions form a cycle (``a`` when ``b``, ``b`` when ``a``).
+    """
+    needs = {key: {c for d in alts for c in d.when if c in search and c != key} for key, alts in search.items()}
+    order: list[str] = []
+    while len(order) < len(search):
+        ready = [k for k in search if k not in order and needs[k] <= set(order)]
+        if not ready:
+            cycle = sorted(k for k in search if k not in order)
+            raise ConfigError(f"search: the when: conditions of {cycle} depend on each other in a cycle")
+        order.append(ready[0])
+    return order
+
+
+def optuna_name(key: str, index: int, alternatives: int) -> str:
+    """Optuna's name for alternative ``index`` of dimension ``key`` (``optim.lr|1``); the key itself
+    when it has one distribution."""
+    return key if alternatives == 1 else f"{key}{OPTUNA_ALTERNATIVE_SEP}{index}"
 
 
 def load_search_space(path: str | os.PathLike, overrides: list[str] | None = None) -> SearchSpace:
@@ -225,11 +275,9 @@ def load_search_space(path: str | os.PathLike, overrides: list[str] | None = Non
         raise ConfigError(format_validation_error(e, str(path))) from None
     # Relative paths are taken from the current folder, as for `raypose train`, and made absolute
     # for the Ray workers, whose working folder differs.
-    base = validate_train_config(base, source=f"{path}: base").with_absolute_paths().model_dump(mode="json")
-    if "://" not in tune.storage_path:
-        tune = tune.model_copy(update={"storage_path": os.path.abspath(tune.storage_path)})
-    space = SearchSpace(source=str(path), base=base, search=search, tune=tune)
-    space.base_config()
+    base_config = resolve_config(validate_train_config(base, source=f"{path}: base"))
+    tune = tune.model_copy(update={"storage_path": absolute_path(tune.storage_path)})
+    space = SearchSpace(source=str(path), base=base_config, search=search, tune=tune)
     _check_dimensions(space)
     _check_baseline(space)
     return space
@@ -238,6 +286,10 @@ def load_search_space(path: str | os.PathLike, overrides: list[str] | None = Non
 def _check_dimensions(space: SearchSpace) -> None:
     """Each dimension's extreme values must validate against the training config."""
     known = set(space.search) | set(flatten(space.base))
+    try:
+        sampling_order(space.search)
+    except ConfigError as e:
+        raise ConfigError(f"{space.source}: {e}") from None
     for key, alternatives in space.search.items():
         if not alternatives:
             raise ConfigError(f"{space.source}: search.{key} lists no distribution")
@@ -250,7 +302,7 @@ def _check_dimension(space: SearchSpace, key: str, dist: Distribution, known: se
         if cond not in known:
             raise ConfigError(f"{space.source}: search.{key}.when names {cond!r}, which is neither searched nor in base")
     for value in dist.examples():
-        raw = copy.deepcopy(space.base)
+        raw = space.base.model_dump(mode="json")
         set_dotted(raw, key, value)
         try:
             TrainConfig.model_validate(raw)
@@ -259,7 +311,7 @@ def _check_dimension(space: SearchSpace, key: str, dist: Distribution, known: se
 
 
 def _check_baseline(space: SearchSpace) -> None:
-    baseline_raw = copy.deepcopy(space.base)
+    baseline_raw = space.base.model_dump(mode="json")
     for key, value in BASELINE_RECIPE.items():
         set_dotted(baseline_raw, key, value)
     if space.tune.baseline:

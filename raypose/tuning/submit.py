@@ -11,8 +11,11 @@ from raypose.errors import RayposeError
 
 log = logging.getLogger(__name__)
 
-# Never uploaded with the working directory: results, data, weights, environments.
-EXCLUDES = ["runs/", "data/", "mlruns/", "mlflow.db", ".git/", "*.pth", ".venv/", "venv/", "__pycache__/", "*.egg-info/"]
+# Never uploaded with the working directory: results, data, weights, environments. Ray matches
+# these as .gitignore does: a leading "/" anchors a folder to the working directory's root, so
+# "/data/" leaves out ./data but keeps raypose/data/.
+EXCLUDES = ["/runs/", "/data/", "/mlruns/", "/mlflow.db", ".git/", "*.pth", "/.venv/", "/venv/", "__pycache__/",
+            "*.egg-info/"]
 
 
 def submit_search(address: str, entrypoint: str, working_dir: str, wait: bool = True) -> str:

@@ -1,0 +1,198 @@
+"""The one module that talks to Ray Tune: Optuna (TPE) + ASHA over Ray Train trials.
+
+Each Tune trial runs :func:`train_driver`, a function trainable that builds a ``TorchTrainer``
+for its config and reports through ``TuneReportCallback`` (the Ray 2.60 pattern; the
+deprecated ``Tuner(trainer)`` is not used). The trial's driver holds a fraction of a CPU; its
+Train workers hold the real resources (a GPU each where there are GPUs), and
+``max_concurrent`` bounds the Train runs in flight so they pack onto the cluster.
+
+:func:`run_search` returns one :class:`~raypose.tuning.trials.TrialResult` per trial; the
+study (:mod:`raypose.tuning.study`) owns the MLflow parent run and the final stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune import Callback
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from raypose.errors import ConfigError
+from raypose.experiment_log import end_trial_run, find_or_create_child_run
+from raypose.storage import is_uri
+from raypose.training.ray_train import build_trainer
+from raypose.tuning.space import (
+    OPTUNA_ALTERNATIVE_SEP,
+    TRIAL_KIND_KEY,
+    SearchSpace,
+    SpaceSampler,
+    trial_params,
+)
+from raypose.tuning.trials import TrialResult
+
+log = logging.getLogger(__name__)
+
+METRIC, MODE = "oks_map", "max"
+
+
+def check_shared_storage(space: SearchSpace) -> None:
+    """Multi-node runs need storage every node sees (s3://, gs:// or an NFS mount).
+
+    Raises:
+        ConfigError: shared storage is required (by default: the cluster has several nodes) and
+            ``tune.storage_path`` is a local path. An NFS mount on every node is declared with
+            ``tune.require_shared_storage: false``.
+    """
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    required = space.tune.require_shared_storage
+    if required is None:
+        required = nodes > 1
+    if required and not is_uri(space.tune.storage_path):
+        raise ConfigError(
+            f"{space.source}: the Ray cluster has {nodes} node(s) and tune.storage_path "
+            f"{space.tune.storage_path!r} is a local path: checkpoints written on one node are not seen by "
+            "the others. Set tune.storage_path to s3://bucket/path (or gs://), or mount the same NFS path on "
+            "every node and set tune.require_shared_storage: false"
+        )
+
+
+def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str | None) -> None:
+    """A Tune trial: one Ray Train run of the base config with this trial's values."""
+    trial_id = tune.get_context().get_trial_id()
+    kind = config.get(TRIAL_KIND_KEY, "search")
+    cfg = space.trial_config(config, name=f"{space.name}-{trial_id}")
+    updates: dict[str, Any] = {"storage_path": space.train_storage}
+    if cfg.mlflow.enabled and parent_run_id:
+        run_id = find_or_create_child_run(
+            cfg.mlflow.experiment, parent_run_id, trial_id, f"{kind if kind == 'baseline' else 'trial'}-{trial_id}",
+            uri=cfg.mlflow.tracking_uri, tags={"raypose.trial_kind": kind, "raypose.study": space.name},
+        )
+        updates["mlflow"] = cfg.mlflow.model_copy(update={"run_id": run_id, "parent_run_id": parent_run_id})
+    trainer = build_trainer(cfg.model_copy(update=updates), callbacks=[TuneReportCallback()],
+                            max_failures=space.tune.max_failures)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+class TrialRunCloser(Callback):
+    """Ends each trial's MLflow run as the trial ends: completed, stopped_early or errored."""
+
+    def __init__(self, space: SearchSpace, parent_run_id: str):
+        self.experiment = space.base.mlflow.experiment
+        self.uri = space.base.mlflow.tracking_uri
+        self.epochs = space.base.epochs
+        self.parent_run_id = parent_run_id
+
+    def _end(self, trial, status: str, reason: str | None = None) -> None:
+        try:
+            end_trial_run(self.experiment, self.parent_run_id, trial.trial_id, status, self.uri, reason)
+        except Exception:  # MLflow bookkeeping must never break the search
+            log.exception("could not end the MLflow run of trial %s", trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        self._end(trial, "completed" if epoch >= self.epochs else "stopped_early")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, "errored", str(getattr(trial, "error_msg", "") or "") or None)
+
+
+class ConfigKeyOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` whose Tune configs carry config keys only.
+
+    Ray records every ``suggest_*`` call of the define-by-run sampler under Optuna's parameter
+    name, which is ``optim.lr|1`` for a dimension with alternatives. :class:`SpaceSampler`
+    returns each value under its config key too, so the Optuna names are dropped here: Tune's
+    config, its trial names and everything read from them say ``optim.lr``.
+    """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        return {k: v for k, v in config.items() if OPTUNA_ALTERNATIVE_SEP not in k}
+
+
+def _search_alg(space: SearchSpace) -> ConcurrencyLimiter:
+    sampler = optuna.samplers.TPESampler(seed=space.tune.seed)
+    search = ConfigKeyOptunaSearch(space=SpaceSampler(space), metric=METRIC, mode=MODE, sampler=sampler)
+    return ConcurrencyLimiter(search, max_concurrent=space.tune.max_concurrent)
+
+
+def _scheduler(space: SearchSpace):
+    asha, epochs = space.tune.asha, space.base.epochs
+    if not asha.enabled:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch", metric=METRIC, mode=MODE, max_t=epochs,
+        grace_period=min(asha.grace_period, epochs), reduction_factor=asha.reduction_factor,
+    )
+
+
+def run_search(space: SearchSpace, parent_run_id: str | None, resume: bool = False) -> list[TrialResult]:
+    """Run (or resume) the search on the connected Ray cluster; one result per trial."""
+    trainable = tune.with_resources(
+        tune.with_parameters(train_driver, space=space, parent_run_id=parent_run_id),
+        {"CPU": space.tune.trial_cpus},
+    )
+    if resume and tune.Tuner.can_restore(space.tune_dir):
+        log.info("resuming the search in %s", space.tune_dir)
+        tuner = tune.Tuner.restore(space.tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if resume:
+            log.warning("nothing to resume in %s: starting a new search", space.tune_dir)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_search_alg(space), scheduler=_scheduler(space), num_samples=space.tune.num_samples,
+            ),
+            run_config=tune.RunConfig(
+                name=space.name,
+                storage_path=space.tune.storage_path,
+                failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
+                callbacks=[TrialRunCloser(space, parent_run_id)] if parent_run_id else [],
+            ),
+        )
+    return [_trial_result(result, space.train_storage) for result in tuner.fit()]
+
+
+def _trial_result(result: tune.Result, train_storage: str) -> TrialResult:
+    """A Tune result as a :class:`TrialResult`: the best evaluated epoch and its checkpoint."""
+    config = result.config or {}
+    fields: dict[str, Any] = {}
+    df = result.metrics_dataframe
+    if df is not None and METRIC in df:
+        scored = df.dropna(subset=[METRIC])
+        if len(scored):
+            best = scored.loc[scored[METRIC].idxmax()]
+            fields = dict(epochs=int(df["epoch"].max()), best_oks_map=float(best[METRIC]), best_epoch=int(best["epoch"]),
+                          best_checkpoint=checkpoint_uri(best.get("checkpoint_path"), train_storage))
+    return TrialResult(
+        trial_id=(result.metrics or {}).get("trial_id") or Path(result.path).name,
+        kind=config.get(TRIAL_KIND_KEY, "search"),
+        params=trial_params(config),
+        error=str(result.error) if result.error else None,
+        **fields,
+    )
+
+
+def checkpoint_uri(path: Any, storage: str) -> str | None:
+    """A reported checkpoint path as a URI Ray and pyarrow open anywhere.
+
+    ``TuneReportCallback`` reports ``Checkpoint.path``, which for ``s3://`` storage is the path
+    inside the bucket without its scheme; the scheme is taken from the storage it was written to.
+    """
+    if not isinstance(path, str) or not path:
+        return None
+    if is_uri(storage) and "://" not in path:
+        return f"{storage.split('://', 1)[0]}://{path}"
+    return path

@@ -1,0 +1,135 @@
+"""A study: the search a space file describes, from start to report.
+
+:func:`run_study` owns everything a study opens: the MLflow parent run (ended FINISHED, FAILED
+or KILLED whatever happens), Ray, the Tune search (:mod:`raypose.tuning.search`), the trial
+table and the final stage (:mod:`raypose.tuning.final`). The CLI parses and prints.
+
+A searched value travels: space YAML -> :class:`~raypose.tuning.space.SpaceSampler` (Optuna)
+-> Tune's trial config -> :meth:`SearchSpace.trial_config` (a validated ``TrainConfig``) ->
+the optimizer (``raypose.training.optim``) and MLflow params (``raypose.training.run``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raypose.data.prepare import ensure_data
+from raypose.io import load_json, write_json_atomic
+from raypose.training.ray_train import init_ray
+from raypose.tuning.final import final_stage
+from raypose.tuning.search import check_shared_storage, run_search
+from raypose.tuning.space import SearchSpace
+from raypose.tuning.trials import TrialResult, pick_best
+
+log = logging.getLogger(__name__)
+
+PARENT_STATE_FILE = "mlflow_parent.json"
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What a finished study found: every trial, the best and the baseline, the summary that
+    ``best/metrics.json`` holds, and where ``best/`` is."""
+
+    name: str
+    trials: list[TrialResult]
+    best: TrialResult
+    baseline: TrialResult | None
+    summary: dict[str, Any]
+    best_dir: Path
+    parent_run_id: str | None
+
+    @property
+    def report(self) -> str:
+        return (self.best_dir / "report.md").read_text()
+
+
+def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
+    """Run (or resume) the search, then evaluate and analyse the best checkpoint into ``best/``.
+
+    Connects to ``$RAY_ADDRESS`` or starts Ray on this machine.
+
+    Raises:
+        ConfigError: storage that other nodes cannot see on a multi-node cluster.
+        RayposeError: no trial produced an evaluated checkpoint.
+    """
+    ensure_data(space.base.data)
+    init_ray(min_cpus=space.tune.max_concurrent * _cpus_per_trial(space) + 1)
+    check_shared_storage(space)
+    parent = _parent_run(space, resume)
+    status = "FAILED"
+    try:
+        trials = run_search(space, parent.run_id if parent else None, resume)
+        best, baseline = pick_best(trials)
+        best_dir = space.study_dir / "best"
+        summary = final_stage(
+            best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), best_dir, trials,
+            analyze=space.tune.final_analysis, worst=space.tune.worst,
+        )
+        if parent is not None:
+            _log_summary(parent, summary, best, best_dir)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if parent is not None:
+            parent.end(status)
+    return StudyResult(space.name, trials, best, baseline, summary, best_dir, parent.run_id if parent else None)
+
+
+def _cpus_per_trial(space: SearchSpace) -> float:
+    """Logical CPUs a trial holds: its driver plus its Train workers."""
+    return space.base.workers * space.base.cpus_per_worker + space.tune.trial_cpus
+
+
+def _parent_run(space: SearchSpace, resume: bool):
+    """The study's MLflow parent run: the one a resumed study started, else a new one."""
+    base = space.base
+    if not base.mlflow.enabled:
+        return None
+    from raypose.experiment_log import MlflowRun
+
+    state_file = space.study_dir / PARENT_STATE_FILE
+    run_id = load_json(state_file)["run_id"] if resume and state_file.is_file() else None
+    run = MlflowRun(base.mlflow.experiment, uri=base.mlflow.tracking_uri, run_id=run_id,
+                    run_name=f"study-{space.name}", tags={"raypose.study": space.name})
+    if run_id is None:
+        write_json_atomic(state_file, {"run_id": run.run_id})
+        run.log_params({
+            "num_samples": space.tune.num_samples, "max_concurrent": space.tune.max_concurrent,
+            "epochs": base.epochs, "workers_per_trial": base.workers, "asha": space.tune.asha.enabled,
+            "baseline": space.tune.baseline,
+            # the space, under the same names the trials' params use
+            **{key: describe_dimension(alternatives) for key, alternatives in space.search.items()},
+        })
+        run.log_artifact(space.source)
+    return run
+
+
+def describe_dimension(alternatives: list) -> str:
+    """A searched dimension as one line: ``loguniform[0.0003, 0.003] when optim.name=adamw; ...``."""
+    parts = []
+    for dist in alternatives:
+        spec = dist.model_dump(exclude_none=True, by_alias=True, exclude_defaults=True)
+        when = spec.pop("when", None)
+        text = " ".join(f"{kind}{list(value)}" for kind, value in spec.items())
+        if when:
+            text += " when " + ", ".join(f"{k}={v}" for k, v in when.items())
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _log_summary(parent, summary: dict[str, Any], best: TrialResult, best_dir: Path) -> None:
+    parent.log_metrics({
+        "best_oks_map": summary["search_oks_map"],
+        "best_val_AP": summary["validation"]["AP"],
+        "baseline_oks_map": summary["baseline_oks_map"] or 0.0,
+        "gain_over_baseline": summary["gain_over_baseline"] or 0.0,
+        "trial_epochs_saved": summary["trial_epochs_saved"],
+    }, step=0)
+    parent.set_tags({"raypose.best_trial": best.trial_id})
+    parent.log_artifact(best_dir, "best")

@@ -1,0 +1,114 @@
+"""The MLflow module on a sqlite store in a temporary folder, without Ray: params logged once,
+child runs found again, long values truncated, run identity in tags, the experiment's kind."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raypose.experiment_log import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    MAX_PARAM_CHARS,
+    MlflowRun,
+    child_runs,
+    end_trial_run,
+    find_or_create_child_run,
+    resolve_tracking_uri,
+)
+from raypose.training.config import identity_tags, recipe_params, validate_train_config
+
+
+@pytest.fixture
+def uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_params_are_logged_once_on_resume(uri):
+    run = MlflowRun("exp", uri=uri, run_name="r")
+    run.log_params({"optim.lr": 0.01, "epochs": 3})
+    resumed = MlflowRun("exp", uri=uri, run_id=run.run_id)
+    resumed.log_params({"optim.lr": 0.01, "epochs": 3, "batch_size": 2})  # MLflow raises on a changed param
+    params = MlflowClient(uri).get_run(run.run_id).data.params
+    assert params == {"optim.lr": "0.01", "epochs": "3", "batch_size": "2"}
+    assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("exp").experiment_id])) == 1
+
+
+def test_resume_sets_running_and_end_sets_the_status(uri):
+    run = MlflowRun("exp", uri=uri)
+    run.end("KILLED")
+    assert MlflowClient(uri).get_run(run.run_id).info.status == "KILLED"
+    MlflowRun("exp", uri=uri, run_id=run.run_id)
+    assert MlflowClient(uri).get_run(run.run_id).info.status == "RUNNING"
+
+
+def test_child_runs_are_found_again_not_duplicated(uri):
+    parent = MlflowRun("exp", uri=uri, run_name="study")
+    first = find_or_create_child_run("exp", parent.run_id, "t1", "trial-t1", uri, tags={"raypose.trial_kind": "search"})
+    again = find_or_create_child_run("exp", parent.run_id, "t1", "trial-t1", uri)
+    other = find_or_create_child_run("exp", parent.run_id, "t2", "trial-t2", uri)
+    assert first == again != other
+    # the same trial id under another parent (another study) is another run
+    elsewhere = find_or_create_child_run("exp", MlflowRun("exp", uri=uri).run_id, "t1", "trial-t1", uri)
+    assert elsewhere not in (first, other)
+    children = child_runs("exp", parent.run_id, uri)
+    assert sorted(c.info.run_id for c in children) == sorted([first, other])
+    assert MlflowClient(uri).get_run(first).info.run_name == "trial-t1"
+
+
+@pytest.mark.parametrize(("status", "mlflow_status"), [("completed", "FINISHED"), ("stopped_early", "KILLED"),
+                                                       ("errored", "FAILED")])
+def test_ended_trials_leave_no_running_run(uri, status, mlflow_status):
+    parent = MlflowRun("exp", uri=uri)
+    run_id = find_or_create_child_run("exp", parent.run_id, "t1", "trial-t1", uri)
+    end_trial_run("exp", parent.run_id, "t1", status, uri, reason="CUDA out of memory" if status == "errored" else None)
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == mlflow_status and run.info.end_time is not None
+    assert run.data.tags["raypose.trial_status"] == status
+    assert ("raypose.failure_reason" in run.data.tags) == (status == "errored")
+
+
+def test_long_values_are_truncated(uri):
+    run = MlflowRun("exp", uri=uri)
+    run.log_params({"model.min_size": list(range(1000))})
+    value = MlflowClient(uri).get_run(run.run_id).data.params["model.min_size"]
+    assert len(value) == MAX_PARAM_CHARS and value.endswith("...") and value.startswith("[0, 1, 2")
+
+
+def test_run_identity_is_in_tags_not_params(tiny_train_config, uri):
+    cfg = validate_train_config({**tiny_train_config, "mlflow": {"enabled": True, "tracking_uri": uri,
+                                                                 "run_id": "abc", "parent_run_id": "def"}})
+    params = recipe_params(cfg)
+    assert not {"name", "storage_path"} & set(params)
+    assert not any(k.startswith("mlflow.") for k in params)
+    assert params["optim.lr"] == 0.001 and params["model.backbone"] == "resnet18"
+    tags = identity_tags(cfg)
+    assert tags == {"raypose.name": "tiny", "raypose.storage_path": tiny_train_config["storage_path"]}
+
+
+def test_experiments_are_model_training_experiments(uri):
+    MlflowRun("new-exp", uri=uri)
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("new-exp").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # an experiment made elsewhere without the kind gets it the first time raypose logs to it
+    client.create_experiment("old-exp")
+    MlflowRun("old-exp", uri=uri)
+    assert client.get_experiment_by_name("old-exp").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_resolving_the_tracking_uri_sets_no_global_state(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    assert resolve_tracking_uri("sqlite:///a.db", base_dir=tmp_path) == f"sqlite:///{tmp_path}/a.db"
+    assert resolve_tracking_uri("mlruns", base_dir=tmp_path) == (tmp_path / "mlruns").as_uri()
+    assert resolve_tracking_uri("http://h:5000") == "http://h:5000"
+    assert mlflow.get_tracking_uri() == before
+
+
+def test_a_resumed_run_gets_new_tags(uri):
+    run = MlflowRun("exp", uri=uri, tags={"a": "1"})
+    MlflowRun("exp", uri=uri, run_id=run.run_id, tags={"b": "2"})
+    tags = MlflowClient(uri).get_run(run.run_id).data.tags
+    assert tags["a"] == "1" and tags["b"] == "2"
