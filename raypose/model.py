@@ -152,8 +152,30 @@ def build_model(config: ModelConfig) -> KeypointRCNN:
         state, source = _detector_state_dict(config)
         skip = ("backbone.body.",) if coco_heads_only else ()
         transfer_keypoint_state_dict(model, state, source=source, skip_prefixes=skip)
+    reason = frozen_untrained_reason(config)
+    if reason is not None:
+        log.warning("model.freeze=%s: %s", config.freeze, reason)
     apply_freeze(model, config.freeze)
     return model
+
+
+def frozen_untrained_reason(config: ModelConfig) -> str | None:
+    """Why ``config.freeze`` freezes layers that were never trained with this backbone, or None.
+
+    COCO detector weights exist for ResNet-50 only: on a deeper body the FPN (and RPN) come from
+    a ResNet-50 model, so freezing them (``fpn``, ``roi``) fixes layers fed features they were
+    never trained on. Without detector weights they are random. A weights file is trusted.
+    """
+    if config.freeze not in ("fpn", "roi") or (config.weights is not None and config.weights != "coco"):
+        return None
+    if config.weights is None:
+        return "the FPN has no pretrained weights (weights: null) and stays at its random init"
+    if config.backbone != COCO_WEIGHTS_BACKBONE:
+        return (
+            f"the COCO FPN was trained on {COCO_WEIGHTS_BACKBONE} features and is frozen on a {config.backbone} body; "
+            f"use freeze none or backbone with {config.backbone}, or backbone {COCO_WEIGHTS_BACKBONE}"
+        )
+    return None
 
 
 def _head_overrides(config: ModelConfig, channels: int) -> dict[str, nn.Module]:

@@ -167,3 +167,21 @@ def test_checkpoint_round_trip_and_predict_cli(tmp_path, synth_data, capsys):
     assert set(json.loads(capsys.readouterr().out)) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}
     assert main(["predict", str(tmp_path / "none.pth"), str(synth_data.val_images), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_freezing_an_fpn_not_trained_for_the_body_warns(caplog):
+    from raypose.model import frozen_untrained_reason
+
+    assert "trained on resnet50 features and is frozen on a resnet152 body" in frozen_untrained_reason(
+        ModelConfig(backbone="resnet152", weights="coco", freeze="fpn")
+    )
+    assert frozen_untrained_reason(ModelConfig(backbone="resnet101", weights="coco", freeze="roi")) is not None
+    for fine in (
+        ModelConfig(backbone="resnet152", weights="coco", freeze="backbone"),
+        ModelConfig(backbone="resnet50", weights="coco", freeze="roi"),
+        ModelConfig(backbone="resnet152", weights="my_r152.pth", freeze="fpn"),
+    ):
+        assert frozen_untrained_reason(fine) is None
+    with caplog.at_level("WARNING", logger="raypose.model"):
+        build_model(ModelConfig(**TINY, freeze="fpn"))  # weights: null, so a random FPN
+    assert any("model.freeze=fpn" in r.message and "random init" in r.message for r in caplog.records)

@@ -125,3 +125,37 @@ def test_shipped_search_spaces_validate():
             "batch_size", "optim.weight_decay"} <= searched
     assert onecycle.base_config().data.kind == "coco" and onecycle.base_config().model.num_keypoints == 23
     assert spaces["quickstart"].base_config().data.kind == "synthetic"
+
+
+def shipped_trials(name: str, n: int = 80) -> list:
+    """``n`` random (not TPE) trials of a shipped space as validated configs with their params."""
+    space = load_search_space(REPO / "search_spaces" / f"{name}.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampler = SpaceSampler(space)
+    out = []
+    for i in range(n):
+        trial = study.ask()
+        constants = sampler(trial)
+        out.append((trial.params, space.trial_config({**trial.params, **constants}, name=f"t{i}")))
+        study.tell(trial, 0.0)
+    return out[1:]  # trial 0 is the baseline
+
+
+def test_onecycle_space_never_freezes_a_coco_fpn_on_resnet152():
+    trials = shipped_trials("onecycle")
+    pairs = {(cfg.model.backbone, cfg.model.freeze) for _, cfg in trials}
+    assert not pairs & {("resnet152", "fpn"), ("resnet152", "roi")}
+    assert {("resnet50", "fpn"), ("resnet50", "roi"), ("resnet152", "backbone")} <= pairs
+
+
+@pytest.mark.parametrize("name", ["onecycle", "quickstart"])
+def test_momentum_is_searched_only_where_the_optimizer_keeps_it(name):
+    trials = shipped_trials(name)
+    searched = [cfg for params, cfg in trials if "optim.momentum" in params]
+    assert searched and all(cfg.optim.name == "sgd" and not cfg.schedule.cycle_momentum for cfg in searched)
+    for params, cfg in trials:
+        if cfg.optim.name == "sgd" and not cfg.schedule.cycle_momentum:
+            assert "optim.momentum" in params
+    if name == "onecycle":
+        assert any(cfg.schedule.cycle_momentum for _, cfg in trials)
+        assert all(cfg.schedule.name == "onecycle" for _, cfg in trials if cfg.schedule.cycle_momentum)
