@@ -32,6 +32,10 @@ from torchvision.models.detection import KeypointRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import box_area
 from torchvision.ops import misc as misc_nn_ops
 
 from raypose.errors import WeightsError
@@ -68,6 +72,10 @@ FOOT_INIT_FROM = {
     "right_heel": "right_ankle",
 }
 KEYPOINT_PREDICTOR_PREFIX = "roi_heads.keypoint_predictor.kps_score_lowres."
+# A background anchor or proposal lying this much (intersection over its own area) inside a crowd
+# region is ignored rather than trained as background: Detectron's CROWD_FILTER_THRESH, and the
+# overlap COCO's evaluation uses to match detections with crowd regions.
+CROWD_IGNORE_OVERLAP = 0.7
 
 
 class ModelConfig(BaseModel):
@@ -152,8 +160,106 @@ def build_model(config: ModelConfig) -> KeypointRCNN:
         state, source = _detector_state_dict(config)
         skip = ("backbone.body.",) if coco_heads_only else ()
         transfer_keypoint_state_dict(model, state, source=source, skip_prefixes=skip)
+    ignore_crowd_regions(model)
+    reason = frozen_untrained_reason(config)
+    if reason is not None:
+        log.warning("model.freeze=%s: %s", config.freeze, reason)
     apply_freeze(model, config.freeze)
     return model
+
+
+# --- crowd regions ------------------------------------------------------------------------------
+# torchvision has no ignore regions. Training targets may carry ``crowd_boxes`` (M, 4) xyxy
+# (see raypose.data.dataset); these subclasses resize them with the image and turn background
+# anchors / proposals inside them into "ignore" (-1), which the samplers skip. Foreground stays
+# foreground, so a labelled person standing in front of a crowd is still learned.
+
+
+def crowd_overlap(boxes: torch.Tensor, crowd_boxes: torch.Tensor) -> torch.Tensor:
+    """For each of ``boxes`` (N, 4) xyxy, the largest fraction of its area inside one of
+    ``crowd_boxes`` (M, 4) xyxy; shape (N,), zeros when M = 0."""
+    if crowd_boxes.numel() == 0:
+        return boxes.new_zeros(len(boxes))
+    boxes, crowd_boxes = boxes.float(), crowd_boxes.to(boxes.device).float()
+    top_left = torch.max(boxes[:, None, :2], crowd_boxes[None, :, :2])
+    bottom_right = torch.min(boxes[:, None, 2:], crowd_boxes[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    return (inter / box_area(boxes).clamp(min=1e-6)[:, None]).amax(dim=1)
+
+
+def _ignore_in_crowd(labels: torch.Tensor, boxes: torch.Tensor, crowd_boxes: torch.Tensor | None) -> None:
+    """Set background (0) labels (N,) of ``boxes`` (N, 4) inside a crowd region to ignore (-1), in place."""
+    if crowd_boxes is None or crowd_boxes.numel() == 0:
+        return
+    inside = crowd_overlap(boxes, crowd_boxes) > CROWD_IGNORE_OVERLAP
+    labels[(labels == 0) & inside] = -1
+
+
+class _CrowdResizingTransform(GeneralizedRCNNTransform):
+    def resize(self, image, target=None):
+        size = image.shape[-2:]
+        image, target = super().resize(image, target)
+        if target is not None and "crowd_boxes" in target:
+            target["crowd_boxes"] = resize_boxes(target["crowd_boxes"], size, image.shape[-2:])
+        return image, target
+
+
+class _CrowdIgnoringRPN(RegionProposalNetwork):
+    def assign_targets_to_anchors(self, anchors, targets):
+        labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
+        for labels_per_image, anchors_per_image, target in zip(labels, anchors, targets):
+            _ignore_in_crowd(labels_per_image, anchors_per_image, target.get("crowd_boxes"))
+        return labels, matched_gt_boxes
+
+
+class _CrowdIgnoringRoIHeads(RoIHeads):
+    _crowd_boxes: list | None = None
+
+    def select_training_samples(self, proposals, targets):
+        # assign_targets_to_proposals is not given the targets: hand it the crowd boxes for this call.
+        self._crowd_boxes = [t.get("crowd_boxes") for t in targets] if targets is not None else None
+        try:
+            return super().select_training_samples(proposals, targets)
+        finally:
+            self._crowd_boxes = None
+
+    def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
+        matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        for labels_per_image, proposals_per_image, crowd in zip(labels, proposals, self._crowd_boxes or []):
+            _ignore_in_crowd(labels_per_image, proposals_per_image, crowd)
+        return matched_idxs, labels
+
+
+def ignore_crowd_regions(model: KeypointRCNN) -> KeypointRCNN:
+    """Make ``model`` resize ``crowd_boxes`` with its inputs and ignore background inside them.
+
+    KeypointRCNN builds its transform, RPN and ROI heads in its constructor; the subclasses add
+    methods only (no state, no parameters), so the built modules are re-classed in place and
+    state dicts and checkpoints are unchanged. Targets without ``crowd_boxes`` train as before.
+    """
+    model.transform.__class__ = _CrowdResizingTransform
+    model.rpn.__class__ = _CrowdIgnoringRPN
+    model.roi_heads.__class__ = _CrowdIgnoringRoIHeads
+    return model
+
+
+def frozen_untrained_reason(config: ModelConfig) -> str | None:
+    """Why ``config.freeze`` freezes layers that were never trained with this backbone, or None.
+
+    COCO detector weights exist for ResNet-50 only: on a deeper body the FPN (and RPN) come from
+    a ResNet-50 model, so freezing them (``fpn``, ``roi``) fixes layers fed features they were
+    never trained on. Without detector weights they are random. A weights file is trusted.
+    """
+    if config.freeze not in ("fpn", "roi") or (config.weights is not None and config.weights != "coco"):
+        return None
+    if config.weights is None:
+        return "the FPN has no pretrained weights (weights: null) and stays at its random init"
+    if config.backbone != COCO_WEIGHTS_BACKBONE:
+        return (
+            f"the COCO FPN was trained on {COCO_WEIGHTS_BACKBONE} features and is frozen on a {config.backbone} body; "
+            f"use freeze none or backbone with {config.backbone}, or backbone {COCO_WEIGHTS_BACKBONE}"
+        )
+    return None
 
 
 def _head_overrides(config: ModelConfig, channels: int) -> dict[str, nn.Module]:

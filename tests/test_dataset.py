@@ -12,11 +12,13 @@ from raypose.errors import InputError
 from raypose.schema import COCO23
 
 
-def _person(ann_id, image_id, labelled=True, crowd=0, bbox=(10, 5, 20, 30)):
+def _person(ann_id, image_id, labelled=True, crowd=0, bbox=(10, 5, 20, 30), extra_points=0):
     kps = [0] * 69
     if labelled:
         kps[0:3] = [15, 12, 2]
         kps[3 * 20 : 3 * 20 + 3] = [18, 30, 1]
+    for k in range(1, 1 + extra_points):  # more labelled points, at (k, k)
+        kps[3 * k : 3 * k + 3] = [k, k, 2]
     return {
         "id": ann_id,
         "image_id": image_id,
@@ -39,8 +41,8 @@ def tiny(tmp_path):
         images.append({"id": image_id, "file_name": name, "width": 48, "height": 40})
     anns = [
         _person(1, 1),
-        _person(2, 1, labelled=False, crowd=1),
-        _person(3, 1, labelled=False),
+        _person(2, 1, labelled=False, crowd=1, bbox=(0, 0, 40, 20)),
+        _person(3, 1, labelled=False, bbox=(2, 3, 8, 9)),
         _person(4, 2, labelled=False, crowd=1),
         _person(5, 1, bbox=(1, 1, 0, 10)),
     ]
@@ -51,21 +53,46 @@ def tiny(tmp_path):
     return path, tmp_path
 
 
-def test_train_mode_drops_crowd_unlabelled_degenerate_and_empty_images(tiny):
+def test_train_mode_keeps_unlabelled_people_as_boxes_and_crowds_as_ignored_regions(tiny):
     path, images = tiny
-    dataset = KeypointDataset(path, images, train=True)
-    assert len(dataset) == 1
+    dataset = KeypointDataset(path, images, train=True, min_keypoints_per_image=1)
+    assert len(dataset) == 1  # image 2 has a crowd only, image 3 nobody
     image, target = dataset[0]
     assert image.shape == (3, 40, 48) and image.dtype == torch.float32
     assert image.max().item() == pytest.approx(50 / 255)
-    assert target["boxes"].tolist() == [[10, 5, 30, 35]]
-    assert target["labels"].tolist() == [1] and target["labels"].dtype == torch.int64
-    assert target["keypoints"].shape == (1, 23, 3)
+    # the labelled person and the unlabelled one; the crowd and the 0-wide box are not targets
+    assert target["boxes"].tolist() == [[10, 5, 30, 35], [2, 3, 10, 12]]
+    assert target["labels"].tolist() == [1, 1] and target["labels"].dtype == torch.int64
+    assert target["keypoints"].shape == (2, 23, 3)
     assert target["keypoints"][0, 0].tolist() == [15, 12, 2]
     assert target["keypoints"][0, 20].tolist() == [18, 30, 1]
+    assert target["keypoints"][1].abs().sum().item() == 0  # v = 0 everywhere: no keypoint loss
     assert target["image_id"].ndim == 0 and int(target["image_id"]) == 1
-    assert target["area"].tolist() == [101.0]
-    assert target["iscrowd"].tolist() == [0]
+    assert target["area"].tolist() == [101.0, 103.0]
+    assert target["iscrowd"].tolist() == [0, 0]
+    assert target["crowd_boxes"].tolist() == [[0, 0, 40, 20]]
+    assert target["crowd_boxes"].dtype == torch.float32
+
+
+def test_train_images_need_ten_labelled_keypoints_as_torchvision(tmp_path):
+    images, anns = [], []
+    # image 1: 2 + 8 points on one person and an unlabelled person; image 2: 4 + 4 points;
+    # image 3: 2 + 8 points spread over two people; image 4: 12 points, but on a crowd region
+    people = {1: [(2 + 8, True), (0, False)], 2: [(4, True), (4, True)], 3: [(2, True), (8, False)], 4: []}
+    for image_id, persons in people.items():
+        Image.fromarray(np.zeros((40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 48, "height": 40})
+        for points, labelled in persons:
+            extra = points - 2 if labelled else points
+            anns.append(_person(len(anns) + 1, image_id, labelled=labelled, extra_points=extra))
+    crowd = _person(len(anns) + 1, 4, crowd=1, extra_points=10)
+    anns.append(crowd)
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [COCO23.coco_category(1)]}))
+    dataset = KeypointDataset(path, tmp_path, train=True)
+    assert [dataset.image_id(i) for i in range(len(dataset))] == [1, 3]
+    assert [len(dataset.target(i)["boxes"]) for i in range(len(dataset))] == [2, 2]
+    assert len(KeypointDataset(path, tmp_path, train=True, min_keypoints_per_image=8)) == 3
 
 
 def test_eval_mode_keeps_every_image_and_person(tiny):
@@ -118,8 +145,9 @@ def test_loader_over_synthetic_data_with_train_transforms(synth_data):
             boxes, kps = target["boxes"], target["keypoints"]
             assert ((boxes[:, 2] - boxes[:, 0]) >= 1).all() and ((boxes[:, 3] - boxes[:, 1]) >= 1).all()
             labelled = kps[..., 2] > 0
-            assert labelled.any(dim=1).all()
             assert (kps[..., 0][labelled] < width).all() and (kps[..., 1][labelled] < height).all()
+            crowd = target["crowd_boxes"]
+            assert crowd.shape[1:] == (4,) and (crowd[:, 2] <= width).all() and (crowd[:, 3] <= height).all()
             assert (kps[..., :2][~labelled] == 0).all()
             seen += 1
     assert seen == len(dataset)

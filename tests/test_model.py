@@ -167,3 +167,85 @@ def test_checkpoint_round_trip_and_predict_cli(tmp_path, synth_data, capsys):
     assert set(json.loads(capsys.readouterr().out)) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}
     assert main(["predict", str(tmp_path / "none.pth"), str(synth_data.val_images), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_freezing_an_fpn_not_trained_for_the_body_warns(caplog):
+    from raypose.model import frozen_untrained_reason
+
+    assert "trained on resnet50 features and is frozen on a resnet152 body" in frozen_untrained_reason(
+        ModelConfig(backbone="resnet152", weights="coco", freeze="fpn")
+    )
+    assert frozen_untrained_reason(ModelConfig(backbone="resnet101", weights="coco", freeze="roi")) is not None
+    for fine in (
+        ModelConfig(backbone="resnet152", weights="coco", freeze="backbone"),
+        ModelConfig(backbone="resnet50", weights="coco", freeze="roi"),
+        ModelConfig(backbone="resnet152", weights="my_r152.pth", freeze="fpn"),
+    ):
+        assert frozen_untrained_reason(fine) is None
+    with caplog.at_level("WARNING", logger="raypose.model"):
+        build_model(ModelConfig(**TINY, freeze="fpn"))  # weights: null, so a random FPN
+    assert any("model.freeze=fpn" in r.message and "random init" in r.message for r in caplog.records)
+
+
+def person_target(boxes, visible: bool, crowd=()) -> dict:
+    """Targets for people at ``boxes`` (xyxy); each labelled at its box centre, or with v = 0 only."""
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    keypoints = torch.zeros(len(boxes), 23, 3)
+    if visible:
+        keypoints[:, :, 0] = ((boxes[:, 0] + boxes[:, 2]) / 2)[:, None]
+        keypoints[:, :, 1] = ((boxes[:, 1] + boxes[:, 3]) / 2)[:, None]
+        keypoints[:, :, 2] = 2
+    return {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64), "keypoints": keypoints,
+            "crowd_boxes": torch.tensor(crowd, dtype=torch.float32).reshape(-1, 4)}
+
+
+def test_keypoint_loss_ignores_people_without_labelled_keypoints():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**TINY)).train()
+    images = [torch.rand(3, 120, 150), torch.rand(3, 120, 150)]
+    mixed = [person_target([[10, 10, 60, 110]], visible=True), person_target([[20, 5, 90, 100]], visible=False)]
+    losses = model(images, mixed)
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_keypoint"] > 0
+    none_visible = [person_target([[10, 10, 60, 110]], visible=False, crowd=[[70, 0, 150, 60]]),
+                    person_target([[20, 5, 90, 100], [95, 10, 140, 110]], visible=False)]
+    losses = model(images, none_visible)
+    assert losses["loss_keypoint"].item() == 0.0 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()  # the boxes still train
+    assert model.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
+
+
+ANCHORS = torch.tensor([
+    [100.0, 100, 120, 120],  # background, inside the crowd region: ignored
+    [300, 300, 320, 320],  # background outside it
+    [10, 10, 50, 90],  # person 1
+    [150, 150, 250, 250],  # background, a quarter inside the crowd region: still background
+    [100, 100, 140, 180],  # person 2, standing in front of the crowd: still a person
+])
+PEOPLE, CROWD = [[10, 10, 50, 90], [100, 100, 140, 180]], [[90, 90, 200, 200]]
+
+
+def test_rpn_ignores_background_anchors_inside_crowd_regions():
+    model = build_model(ModelConfig(**TINY))
+    target = person_target(PEOPLE, visible=True, crowd=CROWD)
+    labels, _ = model.rpn.assign_targets_to_anchors([ANCHORS], [target])
+    assert labels[0].tolist() == [-1, 0, 1, 0, 1]
+    no_crowd = {k: v for k, v in target.items() if k != "crowd_boxes"}
+    assert model.rpn.assign_targets_to_anchors([ANCHORS], [no_crowd])[0][0].tolist() == [0, 0, 1, 0, 1]
+
+
+def test_roi_heads_never_sample_background_inside_crowd_regions():
+    model = build_model(ModelConfig(**TINY))  # 512 ROIs per image: every non-ignored proposal is sampled
+    target = person_target(PEOPLE, visible=True, crowd=CROWD)
+    proposals, _, labels, _ = model.roi_heads.select_training_samples([ANCHORS.clone()], [target])
+    sampled = {tuple(b): int(label) for b, label in zip(proposals[0].tolist(), labels[0].tolist())}
+    # the 4 other proposals, plus the 2 ground-truth boxes torchvision adds as proposals (same boxes)
+    assert sampled == {(300, 300, 320, 320): 0, (150, 150, 250, 250): 0, (10, 10, 50, 90): 1, (100, 100, 140, 180): 1}
+    assert len(proposals[0]) == 6 and model.roi_heads._crowd_boxes is None
+
+
+def test_crowd_boxes_are_resized_with_the_image():
+    model = build_model(ModelConfig(**TINY)).train()  # min_size 128, max_size 160
+    target = person_target([[10, 10, 60, 90]], visible=True, crowd=[[100, 20, 200, 80]])
+    _, (out,) = model.transform([torch.rand(3, 100, 200)], [target])
+    assert out["boxes"][0].tolist() == pytest.approx([8, 8, 48, 72])  # x 0.8: 200 px wide -> 160
+    assert out["crowd_boxes"][0].tolist() == pytest.approx([80, 16, 160, 64])

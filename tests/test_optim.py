@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from raypose.training.config import OptimConfig, ScheduleConfig
-from raypose.training.optim import build_optimizer, build_scheduler, milestone_steps, parameter_groups
+from raypose.training.config import OptimConfig, ScheduleConfig, TrainConfig
+from raypose.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    effective_lr,
+    effective_max_lr,
+    images_per_step,
+    milestone_steps,
+    parameter_groups,
+)
 
 
 def model() -> nn.Module:
@@ -76,3 +86,72 @@ def test_empty_run_is_an_error():
     opt = build_optimizer(model(), OptimConfig())
     with pytest.raises(ValueError, match="at least one optimizer step"):
         build_scheduler(opt, ScheduleConfig(), 0, 5)
+
+
+def momenta(optim: OptimConfig, schedule: ScheduleConfig, steps: int = 10) -> list[float]:
+    """SGD momentum / AdamW beta1 of the first group before each of ``steps`` optimizer steps."""
+    opt = build_optimizer(model(), optim)
+    sched = build_scheduler(opt, schedule, steps, 1)
+    key = "momentum" if optim.name == "sgd" else "betas"
+    out = []
+    for _ in range(steps):
+        value = opt.param_groups[0][key]
+        out.append(value if key == "momentum" else value[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_onecycle_keeps_the_configured_momentum_unless_cycling(name):
+    optim = OptimConfig(name=name, lr=0.1, momentum=0.7, betas=(0.6, 0.999))
+    kept = momenta(optim, ScheduleConfig(name="onecycle", pct_start=0.5))
+    assert kept == pytest.approx([0.7 if name == "sgd" else 0.6] * 10)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_cycled_momentum_follows_the_configured_range(name):
+    schedule = ScheduleConfig(name="onecycle", pct_start=0.5, cycle_momentum=True, base_momentum=0.5, max_momentum=0.8)
+    values = momenta(OptimConfig(name=name, lr=0.1, momentum=0.7), schedule)
+    # max_momentum at steps 0 and 9, base_momentum at the lr peak (step 4 of 0..9), cosine between
+    assert values[0] == pytest.approx(0.8) and min(values) == pytest.approx(0.5)
+    assert values.index(min(values)) == 4
+    assert values[2] == pytest.approx(0.8 - 0.3 * (1 - math.cos(math.pi * 2 / 4)) / 2)
+    assert values[-1] == pytest.approx(0.8)
+
+
+def test_momentum_range_is_validated():
+    with pytest.raises(ValueError, match=r"base_momentum \(0.9\) must be <= schedule.max_momentum \(0.8\)"):
+        ScheduleConfig(cycle_momentum=True, base_momentum=0.9, max_momentum=0.8)
+
+
+def train_config(**kwargs) -> TrainConfig:
+    optim = {"lr": 0.02, "lr_scaling": kwargs.pop("lr_scaling", "linear"), "reference_batch": 16}
+    return TrainConfig.model_validate({"optim": optim, **kwargs})
+
+
+def test_linear_lr_scaling_follows_images_per_step():
+    config = train_config(batch_size=2, accumulate=2, workers=8)
+    assert images_per_step(config) == 32 and images_per_step(config, world_size=2) == 8
+    assert effective_lr(config) == pytest.approx(0.04)
+    assert effective_lr(config, world_size=2) == pytest.approx(0.01)
+    local = train_config(batch_size=4, accumulate=1, workers=0)  # one process
+    assert images_per_step(local) == 4 and effective_lr(local) == pytest.approx(0.005)
+    unscaled = train_config(batch_size=4, workers=0, lr_scaling="none")
+    assert effective_lr(unscaled) == pytest.approx(0.02)
+
+
+def test_scaled_lr_reaches_the_optimizer_and_onecycle_peak():
+    config = train_config(batch_size=2, accumulate=1, workers=0, schedule={"name": "onecycle", "max_lr": 0.08})
+    assert effective_max_lr(config) == pytest.approx(0.01)
+    opt = build_optimizer(model(), config.optim, lr=effective_lr(config, 1))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0025)
+    sched = build_scheduler(opt, config.schedule, 10, 1, max_lr=effective_max_lr(config, 1))
+    peak = 0.0
+    for _ in range(10):
+        peak = max(peak, opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert peak == pytest.approx(0.01, rel=1e-3)
+    no_max = train_config(batch_size=2, workers=0, schedule={"name": "onecycle"})
+    assert effective_max_lr(no_max) == pytest.approx(0.0025)

@@ -125,3 +125,18 @@ def test_cli_train_local_and_bad_config(tiny_train_config, tmp_path, capsys):
     assert main(["train", str(path), "--set", "optim.name=rmsprop"]) == 2
     err = capsys.readouterr().err
     assert "optim.name" in err and "'sgd'" in err and "'adamw'" in err
+
+
+def test_scaled_lr_reaches_the_optimizer_and_mlflow(tiny_train_config, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = {**tiny_train_config, "name": "scaled", "batch_size": 2,
+           "optim": {"name": "sgd", "lr": 0.02, "lr_scaling": "linear", "reference_batch": 16},
+           "schedule": {"name": "constant"}, "mlflow": {"enabled": True, "tracking_uri": uri, "experiment": "scale"}}
+    cfg = validate_train_config(raw)
+    out = run_training(cfg, LocalSession(cfg.run_dir))
+    assert out["history"][-1]["lr"] == pytest.approx(0.02 * 2 / 16)  # 2 images per step against 16
+    client = MlflowClient(uri)
+    params = client.search_runs([client.get_experiment_by_name("scale").experiment_id])[0].data.params
+    assert float(params["optim.effective_lr"]) == pytest.approx(0.0025) and params["optim.images_per_step"] == "2"

@@ -80,9 +80,40 @@ def test_scale_jitter_zoom_in_drops_points_that_leave_the_canvas():
     labelled = kps[..., 2] > 0
     assert (kps[..., 0][labelled] < W).all() and (kps[..., 1][labelled] < H).all()
     assert (kps[..., 0][labelled] >= 0).all()
-    assert labelled.any(dim=1).all()  # people with nothing left are dropped
     assert (out["boxes"][:, 2] <= W).all() and (out["boxes"][:, 0] >= 0).all()
+    assert ((out["boxes"][:, 2:] - out["boxes"][:, :2]) >= 2).all()  # slivers under min_box_size go
     assert len(out["labels"]) == len(out["boxes"]) == len(kps) == len(out["area"])
+
+
+def _with_crowd_and_unlabelled():
+    """The sample plus a crowd region and a third person without labelled keypoints."""
+    image, target = _sample()
+    target["boxes"] = torch.cat([target["boxes"], torch.tensor([[8.0, 22.0, 14.0, 29.0]])])
+    target["keypoints"] = torch.cat([target["keypoints"], torch.zeros(1, 23, 3)])
+    target["labels"] = torch.ones(3, dtype=torch.int64)
+    target["area"] = torch.tensor([100.0, 50.0, 20.0])
+    target["iscrowd"] = torch.zeros(3, dtype=torch.int64)
+    target["crowd_boxes"] = torch.tensor([[1.0, 2.0, 11.0, 12.0]])
+    return image, target
+
+
+def test_flip_moves_crowd_regions():
+    image, target = _with_crowd_and_unlabelled()
+    _, out = RandomHorizontalFlip(COCO23, p=1.0)(image, target)
+    assert out["crowd_boxes"].tolist() == [[W - 11.0, 2.0, W - 1.0, 12.0]]
+    assert out["boxes"][2].tolist() == [W - 14.0, 22.0, W - 8.0, 29.0]
+
+
+def test_scale_jitter_keeps_unlabelled_people_and_moves_crowd_regions_with_the_boxes():
+    torch.manual_seed(3)
+    image, target = _with_crowd_and_unlabelled()
+    _, out = RandomScaleJitter((0.5, 0.5))(image, target)
+    assert len(out["boxes"]) == len(out["keypoints"]) == 3
+    assert out["keypoints"][2].abs().sum().item() == 0
+    shift = out["boxes"][0, :2] - target["boxes"][0, :2] * 0.5  # the random offset (dx, dy)
+    expected = target["crowd_boxes"] * 0.5 + shift.repeat(2)
+    assert torch.allclose(out["crowd_boxes"], expected)
+    assert torch.allclose(out["boxes"][2], target["boxes"][2] * 0.5 + shift.repeat(2))
 
 
 def test_photometric_changes_pixels_not_targets_and_is_seeded():

@@ -164,3 +164,37 @@ def test_conditions_in_a_cycle_are_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="cycle"):
         load_search_space(path)
+
+
+def shipped_trials(name: str, n: int = 80) -> list:
+    """``n`` random (not TPE) trials of a shipped space as validated configs with their params."""
+    space = load_search_space(REPO / "search_spaces" / f"{name}.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampler = SpaceSampler(space)
+    out = []
+    for i in range(n):
+        trial = study.ask()
+        config = sampler(trial)
+        out.append((config, space.trial_config(config, name=f"t{i}")))
+        study.tell(trial, 0.0)
+    return out[1:]  # trial 0 is the baseline
+
+
+def test_onecycle_space_never_freezes_a_coco_fpn_on_resnet152():
+    trials = shipped_trials("onecycle")
+    pairs = {(cfg.model.backbone, cfg.model.freeze) for _, cfg in trials}
+    assert not pairs & {("resnet152", "fpn"), ("resnet152", "roi")}
+    assert {("resnet50", "fpn"), ("resnet50", "roi"), ("resnet152", "backbone")} <= pairs
+
+
+@pytest.mark.parametrize("name", ["onecycle", "quickstart"])
+def test_momentum_is_searched_only_where_the_optimizer_keeps_it(name):
+    trials = shipped_trials(name)
+    searched = [cfg for params, cfg in trials if "optim.momentum" in params]
+    assert searched and all(cfg.optim.name == "sgd" and not cfg.schedule.cycle_momentum for cfg in searched)
+    for params, cfg in trials:
+        if cfg.optim.name == "sgd" and not cfg.schedule.cycle_momentum:
+            assert "optim.momentum" in params
+    if name == "onecycle":
+        assert any(cfg.schedule.cycle_momentum for _, cfg in trials)
+        assert all(cfg.schedule.name == "onecycle" for _, cfg in trials if cfg.schedule.cycle_momentum)

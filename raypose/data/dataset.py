@@ -5,6 +5,15 @@ Per image it returns ``(image, target)``: ``image`` a float tensor (3, H, W) in 
 ``keypoints`` (N, K, 3) float32 (x, y, v) pixels, ``image_id`` 0-d int64 tensor, ``area`` (N,)
 float32 and ``iscrowd`` (N,) int64. Only numpy arrays are held (see
 :mod:`raypose.data.annotations`), so DataLoader workers share them cheaply.
+
+Training targets (``train=True``) follow torchvision's reference and detectron2: every non-crowd
+person with a box is a target box, with or without labelled keypoints (the keypoint loss
+ignores ``v = 0``; about 40% of COCO's training people have none), so that the RPN and box head
+do not learn unlabelled people as background. Crowd regions are not targets; they come as
+``crowd_boxes`` (M, 4) float32 xyxy pixels, which :func:`raypose.model.build_model`'s model
+ignores when sampling background anchors and proposals. As torchvision's reference
+(``_coco_remove_images_without_annotations``), an image is trained on only when its people have
+at least ``min_keypoints_per_image`` (10) labelled keypoints in all.
 """
 
 from __future__ import annotations
@@ -25,17 +34,27 @@ logger = logging.getLogger(__name__)
 
 # torchvision refuses boxes with zero width or height while training.
 MIN_TRAIN_BOX_SIZE = 1.0
+# torchvision's references/detection keeps an image for keypoint training only with this many
+# labelled keypoints (min_keypoints_per_image in _coco_remove_images_without_annotations).
+MIN_KEYPOINTS_PER_IMAGE = 10
 
 
 def training_person_mask(annotations: KeypointAnnotations) -> np.ndarray:
-    """People usable for training, shape (P,) bool: not crowd, >= 1 labelled keypoint, box >= 1 px."""
+    """People that are training targets, shape (P,) bool: not crowd, box >= 1 px (keypoints or not)."""
     boxes = annotations.boxes_xywh
-    return (
-        ~annotations.iscrowd
-        & (annotations.labelled_counts() > 0)
-        & (boxes[:, 2] >= MIN_TRAIN_BOX_SIZE)
-        & (boxes[:, 3] >= MIN_TRAIN_BOX_SIZE)
+    return ~annotations.iscrowd & (boxes[:, 2] >= MIN_TRAIN_BOX_SIZE) & (boxes[:, 3] >= MIN_TRAIN_BOX_SIZE)
+
+
+def training_image_mask(annotations: KeypointAnnotations, min_keypoints: int = MIN_KEYPOINTS_PER_IMAGE) -> np.ndarray:
+    """Images worth training on, shape (I,) bool: a target person and >= ``min_keypoints`` labelled
+    keypoints over the image's target people (torchvision's rule)."""
+    person = training_person_mask(annotations)
+    image_rows = np.repeat(np.arange(annotations.num_images), np.diff(annotations.image_offsets))
+    people = np.bincount(image_rows[person], minlength=annotations.num_images)
+    labelled = np.bincount(
+        image_rows[person], weights=annotations.labelled_counts()[person], minlength=annotations.num_images
     )
+    return (people > 0) & (labelled >= max(min_keypoints, 1))
 
 
 class KeypointDataset(torch.utils.data.Dataset):
@@ -44,10 +63,12 @@ class KeypointDataset(torch.utils.data.Dataset):
     Args:
         annotations: loaded annotations, or the path of a COCO keypoint JSON file.
         image_dir: folder holding the images named by ``file_name``.
-        train: drop crowd people, people without any labelled keypoint or with a degenerate box, and
-            images left with nobody. ``False`` keeps every image and person.
+        train: training targets: crowd people become ``crowd_boxes``, people with a degenerate
+            box are dropped, and so are images with fewer than ``min_keypoints_per_image``
+            labelled keypoints. ``False`` keeps every image and person (crowd as ``iscrowd``).
         transforms: callable ``(image, target) -> (image, target)`` applied last.
         image_ids: restrict to these COCO image ids (e.g. a few images to overfit on).
+        min_keypoints_per_image: see :data:`MIN_KEYPOINTS_PER_IMAGE`; training only.
     """
 
     def __init__(
@@ -57,6 +78,7 @@ class KeypointDataset(torch.utils.data.Dataset):
         train: bool = False,
         transforms: Callable | None = None,
         image_ids: Sequence[int] | None = None,
+        min_keypoints_per_image: int = MIN_KEYPOINTS_PER_IMAGE,
     ):
         if not isinstance(annotations, KeypointAnnotations):
             annotations = load_keypoint_annotations(annotations)
@@ -67,33 +89,30 @@ class KeypointDataset(torch.utils.data.Dataset):
         if not self.image_dir.is_dir():
             raise InputError(f"image folder not found: {self.image_dir} (for {annotations.source})")
         keep = training_person_mask(annotations) if train else np.ones(annotations.num_people, dtype=bool)
-        self._select(keep, image_ids)
+        self._select(keep, image_ids, min_keypoints_per_image)
 
-    def _select(self, keep: np.ndarray, image_ids: Sequence[int] | None) -> None:
+    def _select(self, keep: np.ndarray, image_ids: Sequence[int] | None, min_keypoints: int) -> None:
         ann = self.annotations
-        image_rows = np.repeat(np.arange(ann.num_images), np.diff(ann.image_offsets))
-        kept_per_image = np.bincount(image_rows[keep], minlength=ann.num_images)
         candidates = np.arange(ann.num_images)
         if image_ids is not None:
             candidates = np.asarray([ann.index_of_image_id(i) for i in image_ids], dtype=np.int64)
         if self.train:
-            empty = kept_per_image[candidates] == 0
-            if empty.any():
+            usable = training_image_mask(ann, min_keypoints)[candidates]
+            if not usable.all():
                 logger.info(
-                    "%s: %d of %d images have no trainable person (crowd or unlabelled only); skipped",
-                    ann.source,
-                    int(empty.sum()),
-                    len(candidates),
+                    "%s: %d of %d images have no person with a box or under %d labelled keypoints; skipped",
+                    ann.source, int((~usable).sum()), len(candidates), min_keypoints,
                 )
-            candidates = candidates[~empty]
-        dropped = int((~keep).sum())
-        if dropped:
-            logger.info("%s: %d of %d people dropped for training", ann.source, dropped, ann.num_people)
+            candidates = candidates[usable]
+            logger.info(
+                "%s: %d crowd regions ignored, %d people with a degenerate box dropped",
+                ann.source, int(ann.iscrowd.sum()), int((~keep & ~ann.iscrowd).sum()),
+            )
         self.image_rows = candidates.astype(np.int64)
-        # Kept people as one flat index array plus per-image offsets: no Python lists per image.
-        self.person_index = np.flatnonzero(keep).astype(np.int64)
-        self.person_offsets = np.zeros(ann.num_images + 1, dtype=np.int64)
-        np.cumsum(kept_per_image, out=self.person_offsets[1:])
+        self.person_index, self.person_offsets = _grouped_index(ann, keep)
+        # Crowd regions of training images, indexed the same way.
+        crowd = ann.iscrowd if self.train else np.zeros(ann.num_people, dtype=bool)
+        self.crowd_index, self.crowd_offsets = _grouped_index(ann, crowd)
 
     def __len__(self) -> int:
         return len(self.image_rows)
@@ -137,22 +156,25 @@ class KeypointDataset(torch.utils.data.Dataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
     def target(self, index: int) -> dict:
-        """The torchvision target of item ``index`` (before transforms)."""
+        """The torchvision target of item ``index`` (before transforms); training targets add
+        ``crowd_boxes`` (M, 4) xyxy pixels."""
         ann = self.annotations
         row = self.image_rows[index]
         people = self.person_index[self.person_offsets[row] : self.person_offsets[row + 1]]
-        xywh = torch.from_numpy(ann.boxes_xywh[people])
-        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
         keypoints = torch.from_numpy(ann.keypoints[people].copy())
         keypoints *= (keypoints[..., 2:3] > 0).to(keypoints.dtype)  # v = 0 points sit at (0, 0)
-        return {
-            "boxes": boxes.reshape(-1, 4),
+        target = {
+            "boxes": _xyxy(ann.boxes_xywh[people]),
             "labels": torch.ones(len(people), dtype=torch.int64),
             "keypoints": keypoints.reshape(len(people), ann.num_keypoints, 3),
             "image_id": torch.tensor(int(ann.image_ids[row]), dtype=torch.int64),
             "area": torch.from_numpy(ann.areas[people].copy()),
             "iscrowd": torch.from_numpy(ann.iscrowd[people].astype(np.int64)),
         }
+        if self.train:
+            crowd = self.crowd_index[self.crowd_offsets[row] : self.crowd_offsets[row + 1]]
+            target["crowd_boxes"] = _xyxy(ann.boxes_xywh[crowd])
+        return target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         if not 0 <= index < len(self):
@@ -162,6 +184,20 @@ class KeypointDataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def _grouped_index(ann: KeypointAnnotations, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kept people as one flat index array plus per-image offsets (I+1,): no Python lists per image."""
+    image_rows = np.repeat(np.arange(ann.num_images), np.diff(ann.image_offsets))
+    offsets = np.zeros(ann.num_images + 1, dtype=np.int64)
+    np.cumsum(np.bincount(image_rows[keep], minlength=ann.num_images), out=offsets[1:])
+    return np.flatnonzero(keep).astype(np.int64), offsets
+
+
+def _xyxy(boxes_xywh: np.ndarray) -> torch.Tensor:
+    """COCO ``[x, y, w, h]`` boxes (N, 4) as a float32 xyxy tensor (N, 4)."""
+    xywh = torch.from_numpy(boxes_xywh.reshape(-1, 4).copy())
+    return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
 
 
 def collate_fn(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

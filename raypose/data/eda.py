@@ -158,7 +158,8 @@ def write_samples(
     """Draw skeletons on ``num_images`` training images as the model sees them; return the PNGs.
 
     With ``augment`` the images go through :func:`~raypose.data.transforms.build_train_transforms`
-    (seeded by ``seed``) and the training filter (no crowd or unlabelled people).
+    (seeded by ``seed``) and the training filter (crowd regions and images under 10 labelled
+    keypoints left out; people without keypoints kept as boxes).
     """
     import torch
 

@@ -3,7 +3,8 @@
 Every transform is a callable ``(image, target) -> (image, target)`` where ``image`` is a float
 tensor (3, H, W) in [0, 1] and ``target`` is the dict :class:`~raypose.data.dataset.KeypointDataset`
 returns: ``boxes`` (N, 4) xyxy, ``keypoints`` (N, K, 3) as (x, y, v) in pixels of the current
-image, ``labels``, ``area``, ``iscrowd``. Randomness comes from torch's global RNG, so
+image, ``labels``, ``area``, ``iscrowd``, and in training ``crowd_boxes`` (M, 4) xyxy, which
+move with the image. Randomness comes from torch's global RNG, so
 ``torch.manual_seed`` (and the DataLoader's per-worker seeding) makes runs repeatable.
 """
 
@@ -71,9 +72,9 @@ class RandomHorizontalFlip:
         width = image.shape[-1]
         target = dict(target)
         image = image.flip(-1)
-        boxes = target["boxes"].clone()
-        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-        target["boxes"] = boxes
+        target["boxes"] = _flip_boxes(target["boxes"], width)
+        if "crowd_boxes" in target:
+            target["crowd_boxes"] = _flip_boxes(target["crowd_boxes"], width)
         keypoints = target["keypoints"][:, self.flip_index].clone()
         keypoints[..., 0] = width - keypoints[..., 0]
         target["keypoints"] = zero_unlabelled(keypoints)
@@ -83,13 +84,21 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
+def _flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """xyxy boxes (N, 4) mirrored in an image ``width`` pixels wide."""
+    flipped = boxes.clone()
+    flipped[:, [0, 2]] = width - boxes[:, [2, 0]]
+    return flipped
+
+
 class RandomScaleJitter:
     """Zoom the content by a random factor in ``scale_range`` while keeping the canvas size.
 
     KeypointRCNN resizes every input to its ``min_size``, so a plain resize would be undone; zooming
     inside a fixed canvas (pad when shrinking, random crop when enlarging) is what changes the
-    apparent size of people. Keypoints leaving the canvas get v = 0; boxes are clipped; people left
-    with a box under ``min_box_size`` pixels or with no labelled keypoint are dropped.
+    apparent size of people. Keypoints leaving the canvas get v = 0; boxes (and crowd boxes) are
+    clipped; people left with a box under ``min_box_size`` pixels are dropped, while people whose
+    keypoints all left stay as boxes (the keypoint loss ignores v = 0).
     """
 
     def __init__(self, scale_range: tuple[float, float] = (0.75, 1.25), min_box_size: float = 2.0):
@@ -122,9 +131,10 @@ class RandomScaleJitter:
 
     def _move_target(self, target: Target, sx: float, sy: float, dx: int, dy: int, width: int, height: int):
         target = dict(target)
-        boxes = target["boxes"] * torch.tensor([sx, sy, sx, sy]) + torch.tensor([dx, dy, dx, dy])
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        boxes = _move_boxes(target["boxes"], sx, sy, dx, dy, width, height)
+        if "crowd_boxes" in target:
+            crowd = _move_boxes(target["crowd_boxes"], sx, sy, dx, dy, width, height)
+            target["crowd_boxes"] = crowd[(crowd[:, 2] > crowd[:, 0]) & (crowd[:, 3] > crowd[:, 1])]
         keypoints = target["keypoints"].clone()
         keypoints[..., 0] = keypoints[..., 0] * sx + dx
         keypoints[..., 1] = keypoints[..., 1] * sy + dy
@@ -142,11 +152,18 @@ class RandomScaleJitter:
         big_enough = ((boxes[:, 2] - boxes[:, 0]) >= self.min_box_size) & (
             (boxes[:, 3] - boxes[:, 1]) >= self.min_box_size
         )
-        labelled = (target["keypoints"][..., 2] > 0).any(dim=1)
-        return select_people(target, big_enough & labelled)
+        return select_people(target, big_enough)
 
     def __repr__(self) -> str:
         return f"RandomScaleJitter(scale_range={self.scale_range})"
+
+
+def _move_boxes(boxes: torch.Tensor, sx: float, sy: float, dx: int, dy: int, width: int, height: int) -> torch.Tensor:
+    """xyxy boxes (N, 4) scaled by (sx, sy), shifted by (dx, dy) and clipped to the canvas."""
+    moved = boxes * torch.tensor([sx, sy, sx, sy]) + torch.tensor([dx, dy, dx, dy])
+    moved[:, 0::2] = moved[:, 0::2].clamp(0, width)
+    moved[:, 1::2] = moved[:, 1::2].clamp(0, height)
+    return moved
 
 
 class PhotometricJitter:

@@ -65,6 +65,13 @@ class OptimConfig(_Strict):
     weight_decay: float = Field(default=1e-4, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     decay_norm_and_bias: bool = Field(default=False, description="apply weight decay to norm and bias parameters")
+    lr_scaling: Literal["none", "linear"] = Field(
+        default="none",
+        description="linear: lr (and schedule.max_lr) are per reference_batch images and scale with the images per step",
+    )
+    reference_batch: int = Field(
+        default=16, gt=0, description="images per optimizer step that lr is given for (torchvision's 8 GPUs x 2)"
+    )
 
 
 class ScheduleConfig(_Strict):
@@ -81,6 +88,21 @@ class ScheduleConfig(_Strict):
     div_factor: float = Field(default=25.0, gt=1)
     final_div_factor: float = Field(default=1e4, gt=1)
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
+    cycle_momentum: bool = Field(
+        default=False,
+        description="onecycle: cycle SGD momentum / AdamW beta1 from max_momentum to base_momentum and back, "
+        "replacing optim.momentum / optim.betas[0]",
+    )
+    base_momentum: float = Field(default=0.85, ge=0.0, lt=1.0, description="onecycle momentum at the peak lr")
+    max_momentum: float = Field(default=0.95, ge=0.0, lt=1.0, description="onecycle momentum at the start and end")
+
+    @model_validator(mode="after")
+    def _momentum_range(self) -> ScheduleConfig:
+        if self.base_momentum > self.max_momentum:
+            raise ValueError(
+                f"schedule.base_momentum ({self.base_momentum}) must be <= schedule.max_momentum ({self.max_momentum})"
+            )
+        return self
 
 
 class MlflowConfig(_Strict):

@@ -1,12 +1,15 @@
 """Optimizers and learning-rate schedules (pure torch).
 
 Schedules step once per optimizer step (not per micro-batch, not per epoch), so their shape
-does not change with gradient accumulation.
+does not change with gradient accumulation. With ``optim.lr_scaling: linear`` the configured lr
+is per ``optim.reference_batch`` images and the optimizer gets :func:`effective_lr` (Goyal et
+al.'s linear scaling rule, as torchvision's reference asks of its users by hand).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections.abc import Callable
 
@@ -14,7 +17,40 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from raypose.training.config import OptimConfig, ScheduleConfig
+from raypose.training.config import OptimConfig, ScheduleConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def images_per_step(config: TrainConfig, world_size: int | None = None) -> int:
+    """Training images behind one optimizer step: batch_size x accumulate x processes.
+
+    ``world_size`` is the number of training processes; ``None`` takes ``config.workers``
+    (0, a local run, is one process).
+    """
+    processes = max(config.workers if world_size is None else world_size, 1)
+    return config.batch_size * config.accumulate * processes
+
+
+def lr_scale(config: TrainConfig, world_size: int | None = None) -> float:
+    """The factor between the configured and the effective lr: 1 unless ``optim.lr_scaling`` is
+    ``linear``, then ``images_per_step / optim.reference_batch``."""
+    if config.optim.lr_scaling == "none":
+        return 1.0
+    return images_per_step(config, world_size) / config.optim.reference_batch
+
+
+def effective_lr(config: TrainConfig, world_size: int | None = None) -> float:
+    """The lr the optimizer gets: ``optim.lr x`` :func:`lr_scale`.
+
+    E.g. lr 0.02, linear scaling, reference 16, batch 2 x accumulate 2 x 1 GPU: 0.02 x 4/16 = 0.005.
+    """
+    return config.optim.lr * lr_scale(config, world_size)
+
+
+def effective_max_lr(config: TrainConfig, world_size: int | None = None) -> float:
+    """onecycle's peak lr as the scheduler gets it: ``(schedule.max_lr or optim.lr) x`` :func:`lr_scale`."""
+    return (config.schedule.max_lr or config.optim.lr) * lr_scale(config, world_size)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -34,8 +70,10 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
     return groups
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """SGD (Nesterov off, as torchvision's recipe) or AdamW over the trainable parameters.
+
+    ``lr`` is the effective lr (:func:`effective_lr`); ``None`` takes ``config.lr`` unscaled.
 
     Raises:
         ValueError: the model has no trainable parameter (everything frozen).
@@ -43,9 +81,10 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: the freeze level froze the whole model")
+    lr = config.lr if lr is None else lr
     if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=lr, betas=config.betas)
 
 
 def _with_warmup(factor: Callable[[int], float], config: ScheduleConfig, warmup: int) -> Callable[[int], float]:
@@ -87,13 +126,21 @@ SCHEDULE_NAMES = ("onecycle", *LAMBDA_SCHEDULES)
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer,
+    config: ScheduleConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    max_lr: float | None = None,
 ) -> LRScheduler:
     """The schedule ``config.name`` over ``steps_per_epoch * epochs`` optimizer steps.
 
     ``onecycle`` is torch's OneCycleLR (Smith's 1cycle policy: warm up to ``max_lr`` over
-    ``pct_start`` of the run, anneal to ``max_lr / (div_factor * final_div_factor)``); momentum
-    (or Adam's beta1) cycles inversely. The others are a LambdaLR with optional linear warm-up.
+    ``pct_start`` of the run, anneal to ``max_lr / (div_factor * final_div_factor)``). ``max_lr``
+    is the effective peak (:func:`effective_max_lr`); ``None`` takes ``config.max_lr``, else the
+    optimizer's lr. Momentum (SGD) or beta1 (AdamW) cycles inversely between
+    ``config.max_momentum`` and ``config.base_momentum`` only with ``config.cycle_momentum``;
+    otherwise the optimizer keeps ``optim.momentum`` / ``optim.betas[0]`` (torch cycles by
+    default and would overwrite them). The others are a LambdaLR with optional linear warm-up.
 
     Raises:
         ValueError: unknown schedule name (lists the valid ones) or an empty run.
@@ -102,15 +149,19 @@ def build_scheduler(
     if total <= 0:
         raise ValueError(f"a schedule needs at least one optimizer step (steps_per_epoch={steps_per_epoch})")
     if config.name == "onecycle":
-        max_lr = config.max_lr or optimizer.param_groups[0]["lr"]
         return OneCycleLR(
             optimizer,
-            max_lr=max_lr,
+            max_lr=max_lr or config.max_lr or optimizer.param_groups[0]["lr"],
             total_steps=total,
             pct_start=config.pct_start,
             div_factor=config.div_factor,
             final_div_factor=config.final_div_factor,
+            cycle_momentum=config.cycle_momentum,
+            base_momentum=config.base_momentum,
+            max_momentum=config.max_momentum,
         )
+    if config.cycle_momentum:
+        log.warning("schedule.cycle_momentum is set but only onecycle cycles momentum; schedule %r ignores it", config.name)
     if config.name not in LAMBDA_SCHEDULES:
         raise ValueError(f"unknown schedule {config.name!r}; valid: {', '.join(SCHEDULE_NAMES)}")
     factor = LAMBDA_SCHEDULES[config.name](config, total, steps_per_epoch)

@@ -20,7 +20,7 @@ from raypose.io import write_json_atomic
 from raypose.model import build_model
 from raypose.training.config import TrainConfig
 from raypose.training.loop import predict_loader, train_one_epoch, validation_loss
-from raypose.training.optim import build_optimizer, build_scheduler
+from raypose.training.optim import build_optimizer, build_scheduler, effective_lr, effective_max_lr
 from raypose.training.plots import plot_history
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def run_overfit(
     val_loader = DataLoader(val, batch_size=config.eval_batch_size, collate_fn=collate_fn)
 
     model = build_model(config.model).to(device)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, config.schedule, len(train_loader), epochs)
+    optimizer = build_optimizer(model, config.optim, lr=effective_lr(config, 1))
+    scheduler = build_scheduler(optimizer, config.schedule, len(train_loader), epochs, max_lr=effective_max_lr(config, 1))
     ann_path = str(data.path(data.train_ann))
     result = OverfitResult(image_ids=image_ids)
     for epoch in range(epochs + 1):

@@ -33,7 +33,13 @@ from raypose.model import build_model
 from raypose.training.activations import ActivationStats
 from raypose.training.config import TrainConfig, identity_tags, recipe_params
 from raypose.training.loop import predict_loader, train_one_epoch
-from raypose.training.optim import build_optimizer, build_scheduler
+from raypose.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    effective_lr,
+    effective_max_lr,
+    images_per_step,
+)
 from raypose.training.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -104,7 +110,7 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     state = _build_state(config, session)
     start_epoch, state.history, mlflow_run_id = _restore(state)
     if session.world_rank == 0:
-        state.tracker = _start_tracking(config, mlflow_run_id or config.mlflow.run_id)
+        state.tracker = _start_tracking(config, mlflow_run_id or config.mlflow.run_id, session.world_size)
     try:
         for epoch in range(start_epoch, config.epochs):
             state.history.append(_run_epoch(state, epoch))
@@ -139,10 +145,11 @@ def _build_state(config: TrainConfig, session: Session) -> TrainingState:
             f"{config.batch_size * config.accumulate * session.world_size} training images, "
             f"the data has {len(train)}: lower batch_size or accumulate"
         )
-    optimizer = build_optimizer(model, config.optim)
+    optimizer = build_optimizer(model, config.optim, lr=effective_lr(config, session.world_size))
     return TrainingState(
         config=config, session=session, model=model, optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, config.schedule, steps_per_epoch, config.epochs),
+        scheduler=build_scheduler(optimizer, config.schedule, steps_per_epoch, config.epochs,
+                                  max_lr=effective_max_lr(config, session.world_size)),
         scaler=torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda"),
         loader=loader, val=val, act_stats=act_stats,
     )
@@ -229,7 +236,16 @@ def _restore(state: TrainingState) -> tuple[int, list[dict], str | None]:
     return int(ckpt["epoch"]), list(ckpt.get("history", [])), ckpt.get("mlflow_run_id")
 
 
-def _start_tracking(config: TrainConfig, run_id: str | None):
+def scale_params(config: TrainConfig, world_size: int) -> dict[str, float]:
+    """The lr the optimizer really gets at this run's scale (``optim.lr_scaling``), as params."""
+    params = {"optim.images_per_step": images_per_step(config, world_size),
+              "optim.effective_lr": effective_lr(config, world_size)}
+    if config.schedule.name == "onecycle":
+        params["schedule.effective_max_lr"] = effective_max_lr(config, world_size)
+    return params
+
+
+def _start_tracking(config: TrainConfig, run_id: str | None, world_size: int):
     if not config.mlflow.enabled:
         return None
     from raypose.experiment_log import MlflowRun, resolve_tracking_uri
@@ -242,7 +258,7 @@ def _start_tracking(config: TrainConfig, run_id: str | None):
         tags={**identity_tags(config), **config.mlflow.tags},
         parent_run_id=config.mlflow.parent_run_id,
     )
-    tracker.log_params(recipe_params(config))
+    tracker.log_params({**recipe_params(config), **scale_params(config, world_size)})
     return tracker
 
 

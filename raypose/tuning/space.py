@@ -60,6 +60,9 @@ BASELINE_RECIPE: dict[str, Any] = {
     "schedule.gamma": 0.1,
     "schedule.warmup_steps": 1000,
     "schedule.warmup_factor": 0.001,
+    # lr 0.02 is for 16 images per optimizer step (8 GPUs x 2): the baseline keeps that per-image lr
+    "optim.lr_scaling": "linear",
+    "optim.reference_batch": 16,
 }
 TRIAL_KIND_KEY = "trial_kind"
 
