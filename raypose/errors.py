@@ -25,3 +25,7 @@ class WeightsError(RayposeError):
 
 class TrainingError(RayposeError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user stopped a long run (Ctrl-C); its state is saved. The message says how to resume."""

@@ -121,6 +121,10 @@ class MlflowRun:
         for start in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
+    def metrics(self) -> dict[str, float]:
+        """The run's latest value of each metric logged so far."""
+        return dict(self.client.get_run(self.run_id).data.metrics)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
@@ -178,6 +182,15 @@ def end_trial_run(experiment: str, parent_run_id: str, trial_id: str, status: st
     if reason:
         client.set_tag(run_id, "raypose.failure_reason", param_value(reason))
     client.set_terminated(run_id, status=TRIAL_RUN_STATUS[status])
+
+
+def end_running_children(experiment: str, parent_run_id: str, uri: str, status: str = "KILLED") -> int:
+    """End the child runs of a parent that are still RUNNING (an interrupted study); returns how many."""
+    client = MlflowClient(uri)
+    running = [r for r in child_runs(experiment, parent_run_id, uri) if r.info.status == "RUNNING"]
+    for run in running:
+        client.set_terminated(run.info.run_id, status=status)
+    return len(running)
 
 
 def child_runs(experiment: str, parent_run_id: str, uri: str) -> list:

@@ -45,6 +45,8 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_train_config, tmp_path):
 
 
 def test_local_run_checkpoints_and_resumes_at_the_right_epoch(tiny_train_config, tmp_path):
+    # a LambdaLR schedule: its length may change on resume (1cycle's may not, see below)
+    tiny_train_config = {**tiny_train_config, "schedule": {"name": "cosine"}}
     cfg = validate_train_config({**tiny_train_config, "epochs": 2, "keep_checkpoints": 1})
     first = run_training(cfg, LocalSession(cfg.run_dir, keep=1))
     assert [m["epoch"] for m in first["history"]] == [1, 2]
@@ -140,3 +142,65 @@ def test_scaled_lr_reaches_the_optimizer_and_mlflow(tiny_train_config, tmp_path)
     client = MlflowClient(uri)
     params = client.search_runs([client.get_experiment_by_name("scale").experiment_id])[0].data.params
     assert float(params["optim.effective_lr"]) == pytest.approx(0.0025) and params["optim.images_per_step"] == "2"
+
+
+def final_weights(run_dir) -> dict:
+    last = sorted((run_dir / "checkpoints").glob("epoch_*"))[-1]
+    return load_checkpoint(last / "checkpoint.pth")["model"]
+
+
+def test_a_resumed_run_trains_as_an_uninterrupted_one(tiny_train_config, tmp_path):
+    """Sampler order and augmentations are seeded per epoch: crash-and-resume gives the same weights."""
+    raw = {**tiny_train_config, "epochs": 2, "schedule": {"name": "constant"}}
+    straight = validate_train_config({**raw, "name": "straight"})
+    run_training(straight, LocalSession(straight.run_dir))
+    crashed = validate_train_config({**raw, "name": "crashed"})
+    with pytest.raises(RuntimeError, match="node lost"):
+        run_training(crashed, CrashAfter(crashed.run_dir, crash_epoch=1))
+    torch.manual_seed(1234)  # whatever the process did in between
+    run_training(crashed, LocalSession(crashed.run_dir))
+    a, b = final_weights(tmp_path / "runs" / "straight"), final_weights(tmp_path / "runs" / "crashed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"model": {"backbone": "resnet34"}}, "model.backbone: 'resnet18' -> 'resnet34'"),
+    ({"optim": {"name": "sgd", "lr": 0.001}}, "optim.name: 'adamw' -> 'sgd'"),
+    ({"epochs": 3}, "epochs: 1 -> 3"),  # 1cycle's length is fixed when it starts
+    ({"batch_size": 1}, "batch_size: 2 -> 1"),
+])
+def test_a_resume_that_changes_what_cannot_change_is_refused(tiny_train_config, tmp_path, override, message):
+    cfg = validate_train_config(tiny_train_config)
+    run_training(cfg, LocalSession(cfg.run_dir))
+    changed = {**tiny_train_config, **{k: ({**tiny_train_config[k], **v} if isinstance(v, dict) else v)
+                                       for k, v in override.items()}}
+    with pytest.raises(ConfigError) as err:
+        run_training(validate_train_config(changed), LocalSession(cfg.run_dir))
+    assert message in str(err.value) and "--set name=tiny-2" in str(err.value)
+
+
+def test_the_cli_refuses_before_anything_starts_and_keeps_the_run_record(tiny_train_config, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_train_config))
+    assert main(["train", str(path), "--local"]) == 0
+    record = tmp_path / "runs" / "tiny" / "config.yaml"
+    before = record.read_text()
+    assert main(["train", str(path), "--local", "--set", "model.num_keypoints=17"]) == 2
+    assert "model.num_keypoints: 23 -> 17" in capsys.readouterr().err
+    assert record.read_text() == before  # the record still describes the checkpoints there
+
+
+def test_a_changed_lr_takes_effect_on_resume(tiny_train_config, tmp_path):
+    raw = {**tiny_train_config, "schedule": {"name": "constant"}, "optim": {"name": "sgd", "lr": 0.001}}
+    cfg = validate_train_config(raw)
+    first = run_training(cfg, LocalSession(cfg.run_dir))
+    assert first["history"][-1]["lr"] == pytest.approx(0.001)
+    more = validate_train_config({**raw, "epochs": 2, "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.5}})
+    session = LocalSession(cfg.run_dir)
+    resumed = run_training(more, session)
+    assert resumed["history"][-1]["lr"] == pytest.approx(0.01)
+    ckpt = session.latest_checkpoint()
+    assert ckpt["optimizer"]["param_groups"][0]["momentum"] == 0.5

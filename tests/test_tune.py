@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,15 +52,53 @@ def mlflow_state(uri: str) -> tuple[object, list, list]:
     return client, parents, children
 
 
-def test_search_logs_trials_and_writes_best(ray_local, tiny_train_config, tmp_path, capsys):
+def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(2)
+
+
+def scored_children(uri: str) -> int:
+    try:
+        return sum("oks_map" in c.data.metrics for c in mlflow_state(uri)[2])
+    except Exception:  # the store is still being created
+        return 0
+
+
+def test_interrupted_search_resumes_and_logs_trials_once(ray_local, tiny_train_config, tmp_path, capsys):
+    """Ctrl-C in the middle of a search stops it cleanly (no final stage, parent KILLED, a line
+    saying how to resume); --resume finishes it with one parent, one child per trial, no epoch
+    logged twice; a second --resume adds nothing."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = write_space(tmp_path, tiny_train_config, uri)
-    assert main(["tune", str(space)]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "raypose", "tune", str(space)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: scored_children(uri) >= 1, 600, "a trial's first evaluated epoch", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "--resume" in err and "unfinished" in err
+    _, parents, children = mlflow_state(uri)
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert all(c.info.status != "RUNNING" for c in children)
+    assert not (tmp_path / "runs" / "mini" / "best").exists()  # no final stage on half-trained trials
+
+    assert main(["tune", str(space), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "Study result" in out and "torchvision default recipe" in out
 
     client, parents, children = mlflow_state(uri)
     assert len(parents) == 1 and len(children) == 3
+    assert [p.info.run_id for p in parents] == [p.info.run_id for p in mlflow_state(uri)[1]]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     kinds = sorted(c.data.tags["raypose.trial_kind"] for c in children)
     assert kinds == ["baseline", "search", "search"]
@@ -99,11 +138,47 @@ def test_search_logs_trials_and_writes_best(ray_local, tiny_train_config, tmp_pa
     report = (best / "report.md").read_text()
     assert "optim.lr=" in report and "optim.lr|" not in report
 
-    # resuming a finished search runs nothing again and logs into the same MLflow runs
+    # resuming a finished search runs nothing again and logs into the same MLflow runs, once
     assert main(["tune", str(space), "--resume"]) == 0
     _, parents_after, children_after = mlflow_state(uri)
     assert [p.info.run_id for p in parents_after] == [parents[0].info.run_id]
+    assert parents_after[0].info.status == "FINISHED"
     assert sorted(c.info.run_id for c in children_after) == sorted(c.info.run_id for c in children)
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children_after)
+    assert len(client.get_metric_history(parents[0].info.run_id, "best_oks_map")) == 1
+
+
+def test_a_trial_with_a_non_finite_loss_is_a_poor_result_not_a_retry(ray_local, tiny_train_config, tmp_path):
+    """A deterministic failure (here a real non-finite loss) is reported to the search as a poor
+    result, recorded in MLflow and report.md, not retried, and the study goes on."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = {**tiny_train_config, "workers": 1, "epochs": 1, "grad_clip": None,
+            "mlflow": {"experiment": "tune-test", "tracking_uri": uri}}
+    space = tmp_path / "nan.yaml"
+    space.write_text(yaml.safe_dump({
+        "base": base,
+        "search": {"optim.name": {"choice": ["sgd"]}, "optim.lr": {"choice": [1.0e12]},
+                   "schedule.name": {"choice": ["constant"]}},
+        "tune": {"name": "nan", "num_samples": 2, "max_concurrent": 2, "max_failures": 2, "final_analysis": False,
+                 "storage_path": str(tmp_path / "runs")},
+    }))
+    assert main(["tune", str(space)]) == 0
+    _, parents, children = mlflow_state(uri)
+    failed = [c for c in children if c.data.tags["raypose.trial_kind"] == "search"]
+    assert len(children) == 2 and len(failed) == 1
+    assert failed[0].info.status == "FAILED" and failed[0].data.tags["raypose.trial_status"] == "errored"
+    assert "non-finite loss" in failed[0].data.tags["raypose.failure_reason"]
+    summary = json.loads((tmp_path / "runs" / "nan" / "best" / "metrics.json").read_text())
+    assert summary["best_trial"] != failed[0].data.tags["raypose.trial_id"]
+    report = (tmp_path / "runs" / "nan" / "best" / "report.md").read_text()
+    assert "non-finite loss" in report
+    # Tune saw the trial end normally (no retry), with the poor score the searcher learns from
+    from ray import tune
+
+    grid = tune.Tuner.restore(str(tmp_path / "runs" / "nan"), trainable=lambda c: None).get_results()
+    assert grid.num_errors == 0 and grid.num_terminated == 2
+    scores = sorted(r.metrics.get("oks_map") for r in grid)
+    assert scores[0] == 0.0
 
 
 def test_local_storage_on_a_multi_node_cluster_is_refused(tiny_train_config, tmp_path):

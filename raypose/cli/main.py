@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except RayposeError as e:
         print(f"raypose {command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"raypose {command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"raypose {command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130
 
 

@@ -55,7 +55,7 @@ def _load(args) -> object:
 
 def _train(args) -> int:
     from raypose.data.prepare import ensure_data
-    from raypose.training.config import save_resolved_config
+    from raypose.training.resume import start_run_record
     from raypose.training.run import run_training
     from raypose.training.sessions import LocalSession
 
@@ -64,7 +64,7 @@ def _train(args) -> int:
     if config.mlflow.enabled:
         uri = config.mlflow.tracking_uri
         print(f"MLflow tracking URI: {uri}  (open it with `mlflow ui --backend-store-uri {uri}`)")
-    save_resolved_config(config, os.path.join(config.run_dir, "config.yaml"))
+    start_run_record(config)  # refuses a resume that changes what cannot change, before anything starts
     if config.workers == 0:
         out = run_training(config, LocalSession(config.run_dir, keep=config.keep_checkpoints))
         best = out["best"]

@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from raypose.errors import ConfigError, TrainingError
 from raypose.training.config import TrainConfig
-from raypose.training.run import run_training
+from raypose.training.run import CHECKPOINT_SCORE, run_training
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class RaySession:
             checkpoint=checkpoint,
             checkpoint_dir_name=f"epoch_{int(metrics['epoch']):04d}",
         )
+
+    def already_finished(self, last_metrics: dict[str, float]) -> None:
+        """Report the last epoch again (without a checkpoint), so a Tune trial restored after an
+        interruption ends with its real last result."""
+        ray.train.report(last_metrics)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -111,7 +116,7 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failur
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,
-                checkpoint_score_attribute="oks_map",
+                checkpoint_score_attribute=CHECKPOINT_SCORE,  # evaluated epochs only; the latest is kept too
                 checkpoint_score_order="max",
             ),
             callbacks=callbacks,
@@ -136,6 +141,38 @@ def fit(config: TrainConfig, max_failures: int = 0) -> ray.train.Result:
     if result.error is not None:
         raise TrainingError(f"training failed: {describe_failure(result.error)}")
     return result
+
+
+# Failures that happen again on every retry: the search should learn from them, not retry them.
+DETERMINISTIC_FAILURES = {"out of memory": ("OutOfMemoryError", "CUDA out of memory"),
+                          "non-finite loss": ("non-finite loss",)}
+
+
+def deterministic_failure(error: BaseException) -> str | None:
+    """``"out of memory"`` or ``"non-finite loss"`` when a run failed for a reason retrying will not
+    fix (from the failing worker's own error, as :func:`describe_failure` gives it), else None."""
+    text = describe_failure(error)
+    return next((kind for kind, marks in DETERMINISTIC_FAILURES.items() if any(m in text for m in marks)), None)
+
+
+def fit_trial(trainer: TorchTrainer) -> tuple[str | None, str | None]:
+    """Run one search trial's training: ``(None, None)`` when it finished, ``(kind, message)`` when it
+    failed deterministically (see :func:`deterministic_failure`).
+
+    Raises:
+        Exception: any other failure (a lost node, say), for Tune to retry from the last checkpoint.
+    """
+    try:
+        result = trainer.fit()
+        error = result.error
+    except ray.train.TrainingFailedError as e:
+        error = e
+    if error is None:
+        return None, None
+    kind = deterministic_failure(error)
+    if kind is None:
+        raise error
+    return kind, describe_failure(error)
 
 
 def describe_failure(error: BaseException) -> str:

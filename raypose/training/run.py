@@ -9,11 +9,13 @@ two: rank, device, where checkpoints come from and go. Each epoch is :func:`_run
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -40,12 +42,20 @@ from raypose.training.optim import (
     effective_max_lr,
     images_per_step,
 )
+from raypose.training.resume import (
+    apply_hyperparameters,
+    changed_settings,
+    check_resume,
+    optimizer_hyperparameters,
+)
 from raypose.training.sessions import Session
 
 log = logging.getLogger(__name__)
 
-# Per-epoch metrics every run reports (MLflow keys, Tune's metric is oks_map).
+# Per-epoch metrics every evaluated epoch reports (MLflow keys, Tune's metric is oks_map).
 EVAL_KEYS = {"oks_map": "AP", "oks_ap50": "AP50", "oks_ap75": "AP75", "oks_ar": "AR"}
+# What Ray Train ranks checkpoints by (see _evaluate_if_due); not logged to MLflow.
+CHECKPOINT_SCORE = "checkpoint_score"
 
 
 @dataclass
@@ -63,6 +73,30 @@ class TrainingState:
     tracker: Any = None  # raypose.experiment_log.MlflowRun on rank 0 when MLflow is on
     act_stats: ActivationStats | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed torch, numpy and random from (seed, epoch, rank) at the start of each epoch, so the
+    augmentations of a resumed run are those of an uninterrupted one (loader workers derive
+    their seeds from torch's generator)."""
+    value = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**32
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+
+
+# Per-rank training metrics and how the ranks' values combine into the run's.
+SUMMED = ("images", "images_per_s")
+AVERAGED = ("train_loss", "loss_keypoint", "loss_box_reg", "loss_classifier", "loss_objectness", "loss_rpn_box_reg")
+
+
+def global_train_metrics(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The epoch's training metrics over all ranks: images and images/s summed, losses averaged."""
+    keys = [k for k in (*SUMMED, *AVERAGED) if k in metrics]
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)  # sums
+    world = dist.get_world_size()
+    return {k: float(v) / (1 if k in SUMMED else world) for k, v in zip(keys, values.tolist())}
 
 
 def replica_divergence(model: torch.nn.Module) -> float:
@@ -111,6 +145,9 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     start_epoch, state.history, mlflow_run_id = _restore(state)
     if session.world_rank == 0:
         state.tracker = _start_tracking(config, mlflow_run_id or config.mlflow.run_id, session.world_size)
+    if start_epoch >= config.epochs and state.history:
+        # resumed after its last epoch (interrupted before it could say so): tell the session how it ended
+        session.already_finished(dict(state.history[-1]))
     try:
         for epoch in range(start_epoch, config.epochs):
             state.history.append(_run_epoch(state, epoch))
@@ -159,12 +196,15 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
     """Train one epoch, evaluate when due, log, checkpoint and report; returns the epoch's metrics."""
     config, session = state.config, state.session
     set_loader_epoch(state.loader, config.seed, epoch)
+    seed_epoch(config.seed, epoch, session.world_rank)
     metrics: dict[str, float] = {"epoch": epoch + 1}
     metrics.update(train_one_epoch(
         state.model, state.optimizer, state.scheduler, state.loader, session.device,
         epoch=epoch, accumulate=config.accumulate, scaler=state.scaler,
         grad_clip=config.grad_clip, log_every=config.log_every,
     ))
+    if session.world_size > 1:
+        metrics.update(global_train_metrics(metrics, session.device))
     metrics["world_size"] = session.world_size
     if session.world_size > 1:
         metrics["replica_divergence"] = replica_divergence(state.model)
@@ -176,23 +216,28 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
             "epoch %d/%d: loss %.4f oks_map %s (%.1f images/s)", epoch + 1, config.epochs,
             metrics["train_loss"], f"{metrics['oks_map']:.4f}" if "oks_map" in metrics else "-", metrics["images_per_s"],
         )
-    if state.tracker is not None:
-        state.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
     _checkpoint_and_report(state, metrics)
+    # after the checkpoint: an epoch interrupted before it is trained again on resume, and
+    # would otherwise be logged twice
+    if state.tracker is not None:
+        state.tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", CHECKPOINT_SCORE)},
+                                  step=epoch + 1)
     return metrics
 
 
 def _evaluate_if_due(state: TrainingState, epoch: int) -> dict[str, float]:
-    """The evaluation metrics of this epoch: every ``eval_every`` epochs, the last, and the first
-    evaluated one; otherwise the last evaluation carried forward (schedulers always see a metric)."""
-    config, history = state.config, state.history
-    last = epoch + 1 == config.epochs
-    evaluated_before = any(m.get("evaluated") for m in history)
-    if (epoch + 1) % config.eval_every == 0 or last or not evaluated_before:
-        return {**evaluate_distributed(state.model, state.val, config, state.session), "evaluated": 1}
-    if history:
-        return {**{k: history[-1][k] for k in EVAL_KEYS if k in history[-1]}, "evaluated": 0}
-    return {"evaluated": 0}
+    """The evaluation metrics of this epoch, every ``eval_every`` epochs and after the last.
+
+    An epoch that is not evaluated has no ``oks_map``: no score is carried forward, so nothing
+    downstream (ASHA, Optuna, checkpoint ranking, the trial table) mistakes it for a measured one.
+    ``checkpoint_score`` ranks checkpoints: the epoch's oks_map, or -1 (below any AP) when not
+    evaluated, so the evaluated checkpoints are the ones kept; the latest is always kept too.
+    """
+    config = state.config
+    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        scores = evaluate_distributed(state.model, state.val, config, state.session)
+        return {**scores, "evaluated": 1, CHECKPOINT_SCORE: scores.get("oks_map", -1.0)}
+    return {"evaluated": 0, CHECKPOINT_SCORE: -1.0}
 
 
 def _checkpoint_and_report(state: TrainingState, metrics: dict[str, float]) -> None:
@@ -213,25 +258,26 @@ def _checkpoint_and_report(state: TrainingState, metrics: dict[str, float]) -> N
 
 
 def _restore(state: TrainingState) -> tuple[int, list[dict], str | None]:
-    """Load the session's latest checkpoint into ``state``: (epochs done, history, MLflow run id)."""
+    """Load the session's latest checkpoint into ``state``: (epochs done, history, MLflow run id).
+
+    Raises:
+        ConfigError: the config changes a setting a resumed run cannot change (:mod:`resume`).
+    """
     ckpt = state.session.latest_checkpoint()
     if ckpt is None:
         return 0, [], None
-    model, optimizer, scheduler, scaler, config = state.model, state.optimizer, state.scheduler, state.scaler, state.config
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+    config = state.config
+    check_resume(ckpt.get("config", {}), config, f"the storage of run {config.name!r}")
+    fresh_groups, fresh_base_lrs = optimizer_hyperparameters(state.optimizer), list(state.scheduler.base_lrs)
+    net = state.model.module if isinstance(state.model, DistributedDataParallel) else state.model
     net.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    total_steps = getattr(scheduler, "total_steps", None)
-    scheduler.load_state_dict(ckpt["scheduler"])
-    saved_epochs = ckpt.get("config", {}).get("epochs", config.epochs)
-    if saved_epochs != config.epochs:
-        log.warning(
-            "resuming a %d-epoch run as a %d-epoch run: the %s schedule is stretched to the new length",
-            saved_epochs, config.epochs, config.schedule.name,
-        )
-        if total_steps is not None:  # OneCycleLR saves its length; the lambda schedules do not
-            scheduler.total_steps = total_steps
-    scaler.load_state_dict(ckpt["scaler"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.scaler.load_state_dict(ckpt["scaler"])
+    # the new config's lr, weight decay and momentum take effect from the restored step on
+    apply_hyperparameters(state.optimizer, state.scheduler, fresh_groups, fresh_base_lrs)
+    for key, (old, new) in changed_settings(ckpt.get("config", {}), config).items():
+        log.warning("resumed with %s changed: %r -> %r", key, old, new)
     log.info("resumed after epoch %d", ckpt["epoch"])
     return int(ckpt["epoch"]), list(ckpt.get("history", [])), ckpt.get("mlflow_run_id")
 

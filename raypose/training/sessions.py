@@ -33,6 +33,9 @@ class Session(Protocol):
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         """Called by every rank once per epoch; rank 0 passes a folder holding the checkpoint."""
 
+    def already_finished(self, last_metrics: dict[str, float]) -> None:
+        """The run resumed after its last epoch: ``last_metrics`` are its final epoch's."""
+
 
 @dataclass
 class LocalSession:
@@ -56,6 +59,9 @@ class LocalSession:
         dirs = self._checkpoint_dirs()
         return load_checkpoint(dirs[-1] / CHECKPOINT_FILE) if dirs else None
 
+    def already_finished(self, last_metrics: dict[str, float]) -> None:
+        """Nothing to do: ``metrics.jsonl`` already holds the last epoch."""
+
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -75,7 +81,7 @@ class LocalSession:
         scores = {}
         for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
             m = json.loads(line)
-            scores[int(m["epoch"])] = m.get("oks_map", float("-inf"))
+            scores[int(m["epoch"])] = m.get("oks_map", float("-inf"))  # not evaluated: kept only while newest
         ranked = sorted(dirs[:-1], key=lambda p: scores.get(int(p.name.split("_")[1]), float("-inf")), reverse=True)
         for stale in ranked[max(self.keep - 1, 0) :]:
             shutil.rmtree(stale)

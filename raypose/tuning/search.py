@@ -13,6 +13,7 @@ study (:mod:`raypose.tuning.study`) owns the MLflow parent run and the final sta
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from raypose.errors import ConfigError
+from raypose.errors import ConfigError, Interrupted
 from raypose.experiment_log import end_trial_run, find_or_create_child_run
 from raypose.storage import is_uri
-from raypose.training.ray_train import build_trainer
+from raypose.training.ray_train import build_trainer, fit_trial
 from raypose.tuning.space import (
     OPTUNA_ALTERNATIVE_SEP,
     TRIAL_KIND_KEY,
@@ -41,6 +42,8 @@ from raypose.tuning.trials import TrialResult
 log = logging.getLogger(__name__)
 
 METRIC, MODE = "oks_map", "max"
+FAILURE_KEY = "failure"  # in a trial's last result when it failed deterministically
+FAILED_TRIAL_SCORE = 0.0  # what the search learns from such a trial
 
 
 def check_shared_storage(space: SearchSpace) -> None:
@@ -76,11 +79,15 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
             uri=cfg.mlflow.tracking_uri, tags={"raypose.trial_kind": kind, "raypose.study": space.name},
         )
         updates["mlflow"] = cfg.mlflow.model_copy(update={"run_id": run_id, "parent_run_id": parent_run_id})
-    trainer = build_trainer(cfg.model_copy(update=updates), callbacks=[TuneReportCallback()],
-                            max_failures=space.tune.max_failures)
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    # Retries happen at one level, Tune's (tune.max_failures), which resumes from the last checkpoint.
+    trainer = build_trainer(cfg.model_copy(update=updates), callbacks=[TuneReportCallback()], max_failures=0)
+    kind, message = fit_trial(trainer)
+    if kind is not None:
+        # Out of memory or a non-finite loss happens again on every retry: the search gets a poor
+        # result to learn from (Optuna ignores failed trials), the reason is recorded, and it goes on.
+        log.warning("trial %s failed (%s), reported to the search as oks_map %.1f: %s",
+                    trial_id, kind, FAILED_TRIAL_SCORE, message)
+        tune.report({METRIC: FAILED_TRIAL_SCORE, "epoch": 0, FAILURE_KEY: f"{kind}: {message}"[:500]})
 
 
 class TrialRunCloser(Callback):
@@ -99,8 +106,11 @@ class TrialRunCloser(Callback):
             log.exception("could not end the MLflow run of trial %s", trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        epoch = (trial.last_result or {}).get("epoch", 0)
-        self._end(trial, "completed" if epoch >= self.epochs else "stopped_early")
+        last = trial.last_result or {}
+        if last.get(FAILURE_KEY):
+            self._end(trial, "errored", last[FAILURE_KEY])
+        else:
+            self._end(trial, "completed" if last.get("epoch", 0) >= self.epochs else "stopped_early")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trial, "errored", str(getattr(trial, "error_msg", "") or "") or None)
@@ -121,6 +131,10 @@ class ConfigKeyOptunaSearch(OptunaSearch):
             return config
         return {k: v for k, v in config.items() if OPTUNA_ALTERNATIVE_SEP not in k}
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:  # epochs that were not evaluated carry no score
+            super().on_trial_result(trial_id, result)
+
 
 def _search_alg(space: SearchSpace) -> ConcurrencyLimiter:
     sampler = optuna.samplers.TPESampler(seed=space.tune.seed)
@@ -128,11 +142,28 @@ def _search_alg(space: SearchSpace) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(search, max_concurrent=space.tune.max_concurrent)
 
 
+class BaselineKeepingASHA(ASHAScheduler):
+    """ASHA that never stops the baseline trial early.
+
+    The baseline's results still enter ASHA's rungs (they set the bar for the other trials),
+    but it always runs its full budget, so the study's gain over the default recipe compares
+    full runs.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        full_budget = result.get(self._time_attr, 0) >= self._max_t
+        if action == self.STOP and not full_budget and (trial.config or {}).get(TRIAL_KIND_KEY) == "baseline":
+            self._num_stopped -= 1
+            return self.CONTINUE
+        return action
+
+
 def _scheduler(space: SearchSpace):
     asha, epochs = space.tune.asha, space.base.epochs
     if not asha.enabled:
         return FIFOScheduler()
-    return ASHAScheduler(
+    return BaselineKeepingASHA(
         time_attr="epoch", metric=METRIC, mode=MODE, max_t=epochs,
         grace_period=min(asha.grace_period, epochs), reduction_factor=asha.reduction_factor,
     )
@@ -140,6 +171,9 @@ def _scheduler(space: SearchSpace):
 
 def run_search(space: SearchSpace, parent_run_id: str | None, resume: bool = False) -> list[TrialResult]:
     """Run (or resume) the search on the connected Ray cluster; one result per trial."""
+    # Epochs that are not evaluated report no oks_map (ASHA and the searcher skip them); Tune's
+    # strict check would otherwise reject those results.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(
         tune.with_parameters(train_driver, space=space, parent_run_id=parent_run_id),
         {"CPU": space.tune.trial_cpus},
@@ -162,7 +196,18 @@ def run_search(space: SearchSpace, parent_run_id: str | None, resume: bool = Fal
                 callbacks=[TrialRunCloser(space, parent_run_id)] if parent_run_id else [],
             ),
         )
-    return [_trial_result(result, space.train_storage) for result in tuner.fit()]
+    results = tuner.fit()
+    trials = [_trial_result(result, space.train_storage) for result in results]
+    # trials that ended (completed, stopped early, failed): the rest were interrupted or never started
+    unfinished = space.tune.num_samples - results.num_terminated - results.num_errors
+    if unfinished:
+        # Tune stops on Ctrl-C (SIGINT) and returns what it has: the study must not go on.
+        raise Interrupted(
+            f"the search stopped with {unfinished} of {space.tune.num_samples} trials unfinished; its state is "
+            f"saved in {space.tune_dir}. Resume it with: raypose tune {space.source} --resume"
+        )
+    return trials
+
 
 
 def _trial_result(result: tune.Result, train_storage: str) -> TrialResult:
@@ -180,7 +225,7 @@ def _trial_result(result: tune.Result, train_storage: str) -> TrialResult:
         trial_id=(result.metrics or {}).get("trial_id") or Path(result.path).name,
         kind=config.get(TRIAL_KIND_KEY, "search"),
         params=trial_params(config),
-        error=str(result.error) if result.error else None,
+        error=str(result.error) if result.error else (result.metrics or {}).get(FAILURE_KEY),
         **fields,
     )
 

@@ -77,8 +77,17 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
         raise
     finally:
         if parent is not None:
-            parent.end(status)
+            _end_parent(space, parent, status)
     return StudyResult(space.name, trials, best, baseline, summary, best_dir, parent.run_id if parent else None)
+
+
+def _end_parent(space: SearchSpace, parent, status: str) -> None:
+    """End the parent run; an unfinished study ends its trials' open runs the same way."""
+    if status != "FINISHED":
+        from raypose.experiment_log import end_running_children
+
+        end_running_children(space.base.mlflow.experiment, parent.run_id, parent.uri, status)
+    parent.end(status)
 
 
 def _cpus_per_trial(space: SearchSpace) -> float:
@@ -124,6 +133,11 @@ def describe_dimension(alternatives: list) -> str:
 
 
 def _log_summary(parent, summary: dict[str, Any], best: TrialResult, best_dir: Path) -> None:
+    """The study's result on the parent run: metrics once (a resumed, finished study adds none),
+    the best trial as a tag, ``best/`` as artifacts."""
+    if "best_oks_map" in parent.metrics():
+        log.info("the parent run already holds this study's result: not logged again")
+        return
     parent.log_metrics({
         "best_oks_map": summary["search_oks_map"],
         "best_val_AP": summary["validation"]["AP"],

@@ -1,0 +1,73 @@
+"""The search's rules, checked without running trials: the baseline is never stopped early, only
+epochs that were evaluated reach the searcher, deterministic failures are told apart, and
+trials retry at one level only."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from raypose.errors import TrainingError
+from raypose.training.config import validate_train_config
+from raypose.training.ray_train import build_trainer, deterministic_failure
+from raypose.tuning.search import BaselineKeepingASHA, ConfigKeyOptunaSearch
+from raypose.tuning.space import SpaceSampler
+
+
+def trial(trial_id: str, kind: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config={"trial_kind": kind})
+
+
+@pytest.mark.parametrize("kind", ["baseline", "search"])
+def test_only_the_baseline_survives_a_poor_rung(kind):
+    asha = BaselineKeepingASHA(time_attr="epoch", metric="oks_map", mode="max", max_t=4, grace_period=1,
+                               reduction_factor=2)
+    good, poor = trial("good", "search"), trial("poor", kind)
+    for t in (good, poor):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, good, {"epoch": 1, "oks_map": 0.5}) == asha.CONTINUE
+    action = asha.on_trial_result(None, poor, {"epoch": 1, "oks_map": 0.1})
+    assert action == (asha.CONTINUE if kind == "baseline" else asha.STOP)
+    # at the full budget the baseline ends as any trial does
+    assert asha.on_trial_result(None, poor, {"epoch": 4, "oks_map": 0.1}) == asha.STOP
+
+
+def test_results_without_a_score_do_not_reach_optuna(tiny_train_config, tmp_path):
+    from raypose.tuning.space import SearchSpace, TuneSettings
+
+    space = SearchSpace(source="s.yaml", base=validate_train_config(tiny_train_config), search={},
+                        tune=TuneSettings(baseline=False))
+    search = ConfigKeyOptunaSearch(space=SpaceSampler(space), metric="oks_map", mode="max")
+    search.suggest("t1")
+    search.on_trial_result("t1", {"epoch": 1, "evaluated": 0, "training_iteration": 1})  # no KeyError
+    search.on_trial_result("t1", {"epoch": 2, "oks_map": 0.3, "training_iteration": 2})
+    reported = search._ot_trials["t1"].storage.get_trial(search._ot_trials["t1"]._trial_id).intermediate_values
+    assert reported == {2: 0.3}
+
+
+class WorkerFailure(Exception):
+    """Ray's error shape: ``worker_failures`` maps a rank to the worker's failure."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__("Training failed due to worker errors")
+        self.worker_failures = {0: SimpleNamespace(cause=cause)}
+
+
+class OutOfMemoryError(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize(("cause", "kind"), [
+    (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory"),
+    (TrainingError("non-finite loss at epoch 0, step 3: loss_keypoint=nan"), "non-finite loss"),
+    (ConnectionError("node 10.0.0.3 died"), None),
+    (RuntimeError("NCCL timeout"), None),
+])
+def test_deterministic_failures_are_told_apart(cause, kind):
+    assert deterministic_failure(WorkerFailure(cause)) == kind
+
+
+def test_trials_are_not_retried_inside_ray_train(tiny_train_config):
+    cfg = validate_train_config({**tiny_train_config, "workers": 1})
+    assert build_trainer(cfg, max_failures=0).run_config.failure_config.max_failures == 0
