@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,42 @@ def test_a_changed_lr_takes_effect_on_resume(tiny_train_config, tmp_path):
     assert resumed["history"][-1]["lr"] == pytest.approx(0.01)
     ckpt = session.latest_checkpoint()
     assert ckpt["optimizer"]["param_groups"][0]["momentum"] == 0.5
+
+
+def test_an_interrupted_checkpoint_save_never_blocks_a_resume(tiny_train_config, tmp_path, monkeypatch):
+    """Ctrl-C while epoch 2's checkpoint is copied: the .tmp folder is not a checkpoint, metrics.jsonl
+    has no line for the epoch, and the rerun resumes after epoch 1 and cleans up."""
+    import shutil as shutil_module
+
+    cfg = validate_train_config({**tiny_train_config, "epochs": 2, "schedule": {"name": "constant"}})
+    real_copytree = shutil_module.copytree
+
+    def copy_then_interrupt(src, dst, *args, **kwargs):
+        real_copytree(src, dst, *args, **kwargs)
+        if "epoch_0002" in str(dst):
+            target = next(Path(dst).iterdir())
+            target.write_bytes(target.read_bytes()[:1000])  # half-written, as a killed copy leaves it
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("raypose.training.sessions.shutil.copytree", copy_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, LocalSession(cfg.run_dir))
+    monkeypatch.undo()
+    run_dir = tmp_path / "runs" / "tiny"
+    assert (run_dir / "checkpoints" / "epoch_0002.tmp").is_dir()
+    assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+
+    resumed = run_training(cfg, LocalSession(cfg.run_dir))
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2]
+    assert not (run_dir / "checkpoints" / "epoch_0002.tmp").exists()
+    assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert load_checkpoint(run_dir / "checkpoints" / "epoch_0002" / "checkpoint.pth")["epoch"] == 2
+
+
+def test_metrics_of_epochs_past_the_last_checkpoint_are_dropped(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "epoch_0001").mkdir(parents=True)
+    (run_dir / "checkpoints" / "epoch_0001" / "checkpoint.pth").write_bytes(b"x")
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 2}\n')
+    LocalSession(run_dir)
+    assert (run_dir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'

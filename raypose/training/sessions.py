@@ -18,6 +18,13 @@ from typing import Any, Protocol
 import torch
 
 from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from raypose.io import write_text_atomic
+
+CHECKPOINT_DIR = re.compile(r"epoch_\d{4,}")
+
+
+def _epoch_of(folder: Path) -> int:
+    return int(folder.name.split("_")[1])
 
 
 class Session(Protocol):
@@ -50,10 +57,28 @@ class LocalSession:
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+        self._clean_interrupted_saves()
+
+    def _clean_interrupted_saves(self) -> None:
+        """A save interrupted mid-copy leaves ``epoch_NNNN.tmp/``: it never counts as a checkpoint
+        and is removed. Metrics lines of epochs past the newest checkpoint are dropped too (they
+        are trained, and written, again)."""
+        for stale in (self.run_dir / "checkpoints").glob("epoch_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        metrics_file = self.run_dir / "metrics.jsonl"
+        if not metrics_file.is_file():
+            return
+        dirs = self._checkpoint_dirs()
+        done = _epoch_of(dirs[-1]) if dirs else 0
+        lines = metrics_file.read_text().splitlines()
+        kept = {json.loads(line)["epoch"]: line for line in lines if line.strip() and json.loads(line)["epoch"] <= done}
+        if len(kept) != len(lines):
+            write_text_atomic(metrics_file, "".join(line + "\n" for _, line in sorted(kept.items())))
 
     def _checkpoint_dirs(self) -> list[Path]:
-        found = [p for p in (self.run_dir / "checkpoints").glob("epoch_*") if (p / CHECKPOINT_FILE).is_file()]
-        return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+        found = [p for p in (self.run_dir / "checkpoints").glob("epoch_*")
+                 if CHECKPOINT_DIR.fullmatch(p.name) and (p / CHECKPOINT_FILE).is_file()]
+        return sorted(found, key=_epoch_of)
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
         dirs = self._checkpoint_dirs()
@@ -63,18 +88,22 @@ class LocalSession:
         """Nothing to do: ``metrics.jsonl`` already holds the last epoch."""
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Store the checkpoint (copied to ``epoch_NNNN.tmp``, then renamed), then the metrics line:
+        an interruption at any point leaves either both or neither."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint_dir is not None:
+            dest = self.run_dir / "checkpoints" / f"epoch_{int(metrics['epoch']):04d}"
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(checkpoint_dir, tmp)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        if checkpoint_dir is None:
-            return
-        dest = self.run_dir / "checkpoints" / f"epoch_{int(metrics['epoch']):04d}"
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(checkpoint_dir, dest.with_name(dest.name + ".tmp"), dirs_exist_ok=True)
-        os.replace(dest.with_name(dest.name + ".tmp"), dest)
-        self._prune()
+        if checkpoint_dir is not None:
+            self._prune()
 
     def _prune(self) -> None:
         dirs = self._checkpoint_dirs()
@@ -82,6 +111,6 @@ class LocalSession:
         for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
             m = json.loads(line)
             scores[int(m["epoch"])] = m.get("oks_map", float("-inf"))  # not evaluated: kept only while newest
-        ranked = sorted(dirs[:-1], key=lambda p: scores.get(int(p.name.split("_")[1]), float("-inf")), reverse=True)
+        ranked = sorted(dirs[:-1], key=lambda p: scores.get(_epoch_of(p), float("-inf")), reverse=True)
         for stale in ranked[max(self.keep - 1, 0) :]:
             shutil.rmtree(stale)
