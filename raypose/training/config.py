@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raypose.errors import ConfigError
 from raypose.model import ModelConfig
@@ -116,6 +116,17 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the run folder is storage_path/name: a separator or '..' would put it elsewhere
+        if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0"):
+            raise ValueError(
+                f"name {v!r} must be a plain folder name (no '/', '\\', '..' or empty name); "
+                "runs go under storage_path: set storage_path to change where"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
