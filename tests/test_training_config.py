@@ -76,3 +76,22 @@ def test_shipped_configs_validate():
     for path in configs:
         cfg = load_train_config(path)
         assert cfg.model.num_keypoints in (17, 23)
+
+
+@pytest.mark.parametrize("name", ["../x", "../../etc", "a/b", "/abs", "a\\\\b", "..", ".", "", "  ", "a\\0b"])
+def test_run_name_must_be_a_plain_folder_name(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"name: .*must be a plain folder name .*set storage_path to change where"):
+        load_train_config(write(tmp_path, "epochs: 1\n"), [f"name={name!r}"])
+
+
+@pytest.mark.parametrize("name", ["run-1", "a..b", "coco_r50.lr3e-4", "study-7_trial"])
+def test_plain_run_names_stay_under_the_storage_folder(tmp_path, name):
+    cfg = load_train_config(write(tmp_path, f"storage_path: {tmp_path / 'runs'}\n"), [f"name={name}"])
+    assert Path(cfg.run_dir).parent == tmp_path / "runs" and Path(cfg.run_dir).name == name
+
+
+def test_weights_min_match_is_set_like_any_model_key(tmp_path):
+    cfg = load_train_config(write(tmp_path, "epochs: 1\n"), ["model.weights_min_match=0"])
+    assert cfg.model.weights_min_match == 0
+    with pytest.raises(ConfigError, match="model.weights_min_match"):
+        load_train_config(write(tmp_path, "epochs: 1\n"), ["model.weights_min_match=2"])

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from raypose.errors import ConfigError, InputError
 from raypose.io import check_output_dir
+
+if TYPE_CHECKING:
+    from raypose.analysis.data import AnalysisInput
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,13 +82,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def require_detections_and_people(inp) -> None:
+def require_detections_and_people(inp: AnalysisInput) -> None:
     """Raises InputError when nothing can be scored: no detection on the ground truth's images, or
     no ground-truth person who counts (pycocotools would report AP -1 and the gains NaN)."""
     if len(inp.data.dt_img) == 0:
         raise InputError(
             f"{inp.dt_source}: no detections on the images of {inp.gt_source}, so there is nothing to analyse "
-            "(check that the detections' image_id values are the ground truth's image ids)"
+            "(check that the detections' image_id and category_id values are the ground truth's)"
         )
     if bool(inp.data.gt_ignore.all()):
         raise InputError(
