@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from raypose.errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -31,7 +34,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _mode_for(path))
+        _chmod_like_open(tmp_path, path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -55,6 +58,13 @@ def current_umask() -> int:
 def default_mode(directory: bool = False) -> int:
     """The mode ``open()`` (``0o666``) or ``mkdir()`` (``0o777``) gives a new file or folder under the umask."""
     return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def _chmod_like_open(tmp_path: Path, path: Path) -> None:
+    try:
+        os.chmod(tmp_path, _mode_for(path))
+    except OSError as e:  # some mounted file systems refuse chmod; the file itself is still good
+        logger.debug("%s: cannot set the file mode (%s)", path, e)
 
 
 def _mode_for(path: Path) -> int:

@@ -130,3 +130,12 @@ def test_output_in_a_read_only_folder_is_refused(tmp_path):
             check_output_file(locked / "out.json")
     finally:
         os.chmod(locked, 0o700)
+
+
+def test_a_file_system_that_refuses_chmod_still_gets_the_file(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError("operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    write_json_atomic(tmp_path / "out.json", {"a": 1})
+    assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
