@@ -12,9 +12,34 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
-from raypose.errors import InputError
+from raypose.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str, option: str = "--device") -> torch.device:
+    """A torch device from ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: an unknown device, CUDA without a CUDA device, or a GPU index out of range.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{option} {name!r}: not a device; valid: {DEVICE_CHOICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{option} {name!r}: raypose runs on {DEVICE_CHOICES}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option} {name!r}: CUDA is not available on this machine; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{option} {name!r}: this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 ...)"
+        )
+    return device
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:

@@ -14,6 +14,10 @@ Weights (``ModelConfig.weights``):
 * a path to a ``.pth``: a torchvision state dict or a raypose checkpoint, 17 or 23 keypoints.
 * ``None``: no detector weights; ``backbone_weights`` (``"imagenet"``, a path, or ``None``) then
   initialises the ResNet body.
+
+Weights that match too few of the model's tensors by name and shape (fewer than
+``ModelConfig.weights_min_match``, a fraction) are refused: a file for another model would
+otherwise leave the model at random initialisation without a word.
 """
 
 from __future__ import annotations
@@ -91,6 +95,13 @@ class ModelConfig(BaseModel):
     backbone_weights: str | None = Field(
         default="imagenet", description="'imagenet', a path, or null; used when `weights` is null"
     )
+    weights_min_match: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="smallest fraction of the model's tensors `weights` must fill (by name and shape); "
+        "0 accepts any partial match",
+    )
     freeze: Literal["none", "backbone", "fpn", "roi"] = "none"
     trainable_backbone_layers: int | None = Field(
         default=None, ge=0, le=5, description="torchvision's count of trainable ResNet stages (with freeze=none)"
@@ -159,7 +170,9 @@ def build_model(config: ModelConfig) -> KeypointRCNN:
     if use_detector_weights:
         state, source = _detector_state_dict(config)
         skip = ("backbone.body.",) if coco_heads_only else ()
-        transfer_keypoint_state_dict(model, state, source=source, skip_prefixes=skip)
+        transfer_keypoint_state_dict(
+            model, state, source=source, skip_prefixes=skip, min_match=config.weights_min_match
+        )
     ignore_crowd_regions(model)
     reason = frozen_untrained_reason(config)
     if reason is not None:
@@ -303,6 +316,7 @@ def transfer_keypoint_state_dict(
     state: Mapping[str, torch.Tensor],
     source: str = "state dict",
     skip_prefixes: tuple[str, ...] = (),
+    min_match: float = 0.0,
 ) -> dict[str, list[str]]:
     """Copy ``state`` into ``model``, growing or shrinking the keypoint predictor as needed.
 
@@ -316,7 +330,8 @@ def transfer_keypoint_state_dict(
 
     Raises:
         WeightsError: a tensor outside the keypoint predictor has the wrong shape (e.g. weights
-            of another backbone), naming the tensor, both shapes and the source.
+            of another backbone), naming the tensor, both shapes and the source; or fewer than
+            ``min_match`` of the model's tensors (outside ``skip_prefixes``) are copied.
     """
     target = model.state_dict()
     copied, skipped = [], []
@@ -336,10 +351,41 @@ def transfer_keypoint_state_dict(
         else:
             target[name] = value
         copied.append(name)
+    _check_match(target, copied, skip_prefixes, min_match, source, list(state))
     model.load_state_dict(target)
     missing = [n for n in target if n not in state or n.startswith(skip_prefixes)]
     log.info("loaded %d tensors from %s (%d skipped, %d left at init)", len(copied), source, len(skipped), len(missing))
     return {"copied": copied, "skipped": skipped, "missing": missing}
+
+
+def _check_match(
+    target: Mapping[str, torch.Tensor],
+    copied: list[str],
+    skip_prefixes: tuple[str, ...],
+    min_match: float,
+    source: str,
+    source_names: list[str],
+) -> None:
+    """Raise WeightsError when fewer than ``min_match`` of the expected tensors were copied.
+
+    Expected: the model's tensors outside ``skip_prefixes``, less BatchNorm's step counters
+    (``num_batches_tracked``), which torchvision's frozen-norm weights never hold.
+    """
+    expected = {n for n in target if not n.startswith(skip_prefixes) and not n.endswith("num_batches_tracked")}
+    if not expected:
+        return
+    matched = len(expected.intersection(copied))
+    if matched / len(expected) >= min_match:
+        return
+    example = ", ".join(source_names[:3]) or "none"
+    raise WeightsError(
+        f"{source}: only {matched} of the model's {len(expected)} tensors ({matched / len(expected):.0%}) "
+        f"match a tensor in the file by name and shape; model.weights_min_match is {min_match:g}. "
+        f"The file's names start {example}; the model's look like {sorted(expected)[0]}. Point "
+        "`model.weights` at KeypointRCNN weights (a 'module.' prefix means DDP weights saved unwrapped; "
+        "ResNet classification weights go in `model.backbone_weights`), or set "
+        "model.weights_min_match=0 (e.g. --set model.weights_min_match=0) to train from the partial match."
+    )
 
 
 def _predictor_keypoints(state: Mapping[str, torch.Tensor]) -> int | None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
-import torch
-
 from raypose.checkpoint import load_model_from_checkpoint
-from raypose.errors import InputError
+from raypose.errors import ConfigError, InputError
 from raypose.evaluation.cocoeval import outputs_to_coco_results
-from raypose.inference import predict_files
-from raypose.io import load_json, write_json_atomic
+from raypose.inference import predict_files, resolve_device
+from raypose.io import check_output_file, load_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,6 @@ def image_ids_for(files: list[Path], ann: str | os.PathLike | None) -> list[int]
     return ids
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def predict_to_results(
     checkpoint: str | os.PathLike,
     images: list[str | os.PathLike],
@@ -74,7 +67,17 @@ def predict_to_results(
     batch_size: int = 4,
     score_thresh: float = 0.0,
 ) -> tuple[int, int]:
-    """Write COCO keypoint results for ``images``; returns (images, detections)."""
+    """Write COCO keypoint results for ``images``; returns (images, detections).
+
+    Every argument is checked before the model runs.
+
+    Raises:
+        ConfigError: ``batch_size`` < 1, ``score_thresh`` outside [0, 1] or NaN, an unusable
+            ``device``, or ``out`` a folder or one of the inputs.
+        InputError: no images, or image ids that cannot be told (see :func:`image_ids_for`).
+    """
+    check_predict_options(batch_size, score_thresh)
+    check_output_file(out, inputs=(checkpoint, ann, *images))
     files = collect_images(images)
     ids = image_ids_for(files, ann)
     dev = resolve_device(device)
@@ -83,3 +86,14 @@ def predict_to_results(
     results = [r for r in outputs_to_coco_results(outputs, ids) if r["score"] >= score_thresh]
     write_json_atomic(out, results)
     return len(files), len(results)
+
+
+def check_predict_options(batch_size: int, score_thresh: float) -> None:
+    """Raises ConfigError for a batch size below 1 or a score threshold outside [0, 1] (or NaN)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (images per forward pass), got {batch_size}")
+    if not (math.isfinite(score_thresh) and 0.0 <= score_thresh <= 1.0):
+        raise ConfigError(
+            f"--score-thresh must be in [0, 1] (detection scores are probabilities), got {score_thresh}; "
+            "0 keeps every detection"
+        )

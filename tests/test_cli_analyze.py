@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from test_analysis_errors import make_scene
 from test_analysis_oracle import small_scene, tiny_checkpoint  # noqa: F401  (fixture)
@@ -111,3 +112,37 @@ def test_analyze_on_the_synthetic_data_set(tmp_path, synth_data):
     first = next(i for i in gt["images"] if i["id"] == summary["worst"][0])
     assert worst.size == (first["width"], first["height"])  # the real image (small: not scaled)
     assert np.asarray(worst).std() > 10  # drawn on the photo, not a flat canvas
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_out_that_is_not_a_folder_is_refused_before_analysing(tmp_path, capsys, where):
+    gt, dets, _ = make_scene(17)
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    blocker = tmp_path / "report"
+    blocker.write_text("keep me")
+    out = blocker if where == "a file" else blocker / "sub"
+    assert main(["analyze", str(gt_path), str(dets_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raypose analyze: error: --out {out}") and "is a file, not a folder" in err
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("case", ["empty", "other category"])
+def test_no_detections_is_a_clear_error_not_ap_minus_one(tmp_path, capsys, case):
+    gt, dets, _ = make_scene(17)
+    dets = [] if case == "empty" else [dict(d, category_id=5) for d in dets]
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    code = main(["analyze", str(gt_path), str(dets_path), "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out and "-1.0" not in captured.out
+    assert code == 2 and "dets.json: no detections on the images of" in captured.err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_no_ground_truth_person_is_a_clear_error(tmp_path, capsys):
+    gt, dets, _ = make_scene(17)
+    for ann in gt["annotations"]:
+        ann["iscrowd"] = 1
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    assert main(["analyze", str(gt_path), str(dets_path), "--out", str(tmp_path / "o")]) == 2
+    assert "gt.json: no ground-truth person with labelled keypoints" in capsys.readouterr().err

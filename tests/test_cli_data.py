@@ -161,3 +161,92 @@ def test_missing_input_is_a_clear_error(argv, capsys, tmp_path, monkeypatch):
     assert main(argv) == 2
     assert "missing.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def _data_argv(synth_data, out) -> dict[str, list[str]]:
+    """Every `raypose data` command that writes, with OUT as its --out."""
+    ann, images = str(synth_data.val_ann), str(synth_data.val_images)
+    return {
+        "synth": ["data", "synth", "--out", out, "--train", "1", "--val", "1", "--size", "64", "80"],
+        "stats": ["data", "stats", ann, "--out", out],
+        "show": ["data", "show", ann, images, "--out", out, "--num", "1"],
+        "check": ["data", "check", ann, "--out", out],
+        "merge-foot": ["data", "merge-foot", "--coco", str(synth_data.val_coco), "--foot",
+                       str(synth_data.val_foot), "--out", out],
+    }
+
+
+FOLDER_OUT = ("synth", "stats", "show")
+
+
+@pytest.mark.parametrize("command", ["synth", "stats", "show", "check", "merge-foot"])
+@pytest.mark.parametrize("where", ["wrong kind", "under a file"])
+def test_out_of_the_wrong_kind_is_refused_before_work(synth_data, tmp_path, capsys, command, where):
+    blocker = tmp_path / "blocker"
+    if command in FOLDER_OUT:
+        blocker.write_text("keep me")  # a file where a folder is expected
+    else:
+        blocker.mkdir()  # a folder where a file is expected
+        (blocker / "inside.txt").write_text("keep me")
+    if where == "under a file":
+        blocker = tmp_path / "plain_file"
+        blocker.write_text("keep me")
+        out = blocker / "sub" / ("out" if command in FOLDER_OUT else "out.json")
+    else:
+        out = blocker
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(_data_argv(synth_data, str(out))[command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raypose data {command}: error: --out {out}") and err.count("\n") == 1
+    assert "folder" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    assert "keep me" in (blocker.read_text() if blocker.is_file() else (blocker / "inside.txt").read_text())
+
+
+@pytest.mark.parametrize("num", ["-2", "0"])
+def test_show_refuses_a_number_of_images_below_one(synth_data, tmp_path, capsys, num):
+    out = tmp_path / "show"
+    assert main(["data", "show", str(synth_data.val_ann), str(synth_data.val_images), "--out", str(out),
+                 "--num", num]) == 2
+    assert f"--num must be at least 1 (the number of images to draw), got {num}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["--coco", "--foot"])
+def test_merge_out_equal_to_an_input_keeps_the_input(synth_data, tmp_path, capsys, which):
+    coco, foot = tmp_path / "coco.json", tmp_path / "foot.json"
+    coco.write_bytes(synth_data.val_coco.read_bytes())
+    foot.write_bytes(synth_data.val_foot.read_bytes())
+    before = (coco.read_bytes(), foot.read_bytes())
+    out = coco if which == "--coco" else foot
+    assert main(["data", "merge-foot", "--coco", str(coco), "--foot", str(foot), "--out", str(out)]) == 2
+    assert "is also an input" in capsys.readouterr().err
+    assert (coco.read_bytes(), foot.read_bytes()) == before
+
+
+def test_check_report_may_not_overwrite_the_annotations(synth_data, tmp_path, capsys):
+    ann = tmp_path / "ann.json"
+    ann.write_bytes(synth_data.val_ann.read_bytes())
+    assert main(["data", "check", str(ann), "--out", str(ann)]) == 2
+    assert "is also an input" in capsys.readouterr().err
+    assert ann.read_bytes() == synth_data.val_ann.read_bytes()
+
+
+def test_check_output_names_only_the_ids_an_issue_has(tmp_path, capsys):
+    data = json.loads(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "gone.jpg", "width": 0, "height": 5}, {"file_name": "x.jpg"}],
+                "annotations": [{"image_id": 1, "keypoints": [1, 1, 2], "bbox": [0, 0, -2, 2]}],
+                "categories": [{"id": 1, "name": "person", "keypoints": ["a"]}],
+            }
+        )
+    )
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    assert main(["data", "check", str(tmp_path / "a.json"), "--images", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "None" not in out
+    assert "error: image 1: bad image size" in out
+    assert "error: image 1: missing image file" in out
+    assert "error: file: malformed image: image entry #1 (by position)" in out
+    assert "error: annotation #0: malformed annotation: annotation #0 (by position) has no 'id'" in out

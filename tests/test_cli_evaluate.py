@@ -93,3 +93,15 @@ def test_unknown_image_and_empty_dets(files, capsys, caplog, tmp_path):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["AP"] == 0.0
     assert "no detections" in caplog.text  # a logged warning (stderr outside pytest)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_out_that_is_not_a_folder_is_refused_before_evaluating(files, capsys, tmp_path, where):
+    _, _, gt_path, dets_path = files
+    blocker = tmp_path / "report"
+    blocker.write_text("keep me")
+    out = blocker if where == "a file" else blocker / "sub"
+    assert main(["eval", str(gt_path), str(dets_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raypose eval: error: --out {out}") and "is a file, not a folder" in err
+    assert blocker.read_text() == "keep me"

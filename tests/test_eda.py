@@ -125,3 +125,118 @@ def test_check_is_clean_on_synthetic_data_and_rejects_unreadable(synth_data, tmp
     (tmp_path / "x.json").write_text("[1, 2")
     with pytest.raises(InputError, match="x.json: not valid JSON"):
         check_annotations(tmp_path / "x.json")
+
+
+def _one_person_file(tmp_path, person=None, image=None, size=(40, 30)):
+    """One 40x30 image with one person; ``person`` / ``image`` update the annotation / image entry."""
+    kps = [0] * 51
+    kps[0:3] = [5, 5, 2]
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "keypoints": kps, "bbox": [0, 0, 10, 10], "area": 100.0}
+    entry = {"id": 1, "file_name": "a.jpg", "width": size[0], "height": size[1]}
+    data = {
+        "images": [{**entry, **(image or {})}],
+        "annotations": [{**ann, **(person or {})}],
+        "categories": [COCO17.coco_category(1)],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    Image.new("RGB", size, (90, 120, 30)).save(tmp_path / "a.jpg", quality=90)
+    return path
+
+
+def _kinds(report) -> set[tuple[str, str, object, object]]:
+    return {(i.severity, i.kind, i.image_id, i.ann_id) for i in report.issues}
+
+
+def test_check_is_clean_on_a_good_file_and_image(tmp_path):
+    report = check_annotations(_one_person_file(tmp_path), image_dir=tmp_path)
+    assert report.issues == []
+
+
+@pytest.mark.parametrize(
+    ("person", "kind"),
+    [
+        ({"area": 0}, "zero area"),
+        ({"area": 0.0}, "zero area"),
+        ({"area": -4}, "negative area"),
+        ({"bbox": [0, 0, -5, 10]}, "negative box size"),
+        ({"bbox": [0, 0, 10, -0.5]}, "negative box size"),
+        ({"bbox": [0, 0, 0, 10]}, "zero-area box"),
+        ({"bbox": [0, 0, 10, 0]}, "zero-area box"),
+    ],
+)
+def test_check_flags_boxes_and_areas_oks_cannot_use(tmp_path, person, kind):
+    report = check_annotations(_one_person_file(tmp_path, person=person))
+    assert ("error", kind, 1, 7) in _kinds(report)
+    assert len(report.errors) == 1  # a negative box is not also a zero-area one
+
+
+def test_area_of_a_crowd_region_is_not_checked(tmp_path):
+    report = check_annotations(_one_person_file(tmp_path, person={"area": 0, "iscrowd": 1}))
+    assert report.errors == []
+
+
+@pytest.mark.parametrize(
+    "image", [{"width": 0}, {"height": 0}, {"width": -40}, {"width": "40"}, {"height": None}, {"width": 1e400}]
+)
+def test_check_flags_image_sizes_that_are_not_positive(tmp_path, image):
+    path = tmp_path / "ann.json"
+    _one_person_file(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"][0].update(image)
+    path.write_text(json.dumps(data).replace("Infinity", "1e400"))
+    report = check_annotations(path)
+    assert ("error", "bad image size", 1, None) in _kinds(report)
+    assert "keypoint outside image" not in {i.kind for i in report.issues}  # not reported twice
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _corrupt_header(path):
+    data = bytearray(path.read_bytes())
+    data[2:40] = b"\x00" * 38
+    path.write_bytes(bytes(data))
+
+
+def _not_an_image(path):
+    path.write_bytes(b"this is not a JPEG" * 10)
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", [_truncate, _corrupt_header, _not_an_image, _empty])
+def test_check_images_flags_files_that_do_not_decode(tmp_path, damage):
+    path = _one_person_file(tmp_path)
+    damage(tmp_path / "a.jpg")
+    report = check_annotations(path, image_dir=tmp_path)
+    assert [(i.kind, i.image_id) for i in report.errors] == [("unreadable image file", 1)]
+    assert "a.jpg" in report.errors[0].message
+
+
+def test_check_images_flags_a_size_that_differs_from_the_entry(tmp_path):
+    path = _one_person_file(tmp_path)
+    Image.new("RGB", (30, 40)).save(tmp_path / "a.jpg")  # width and height swapped
+    report = check_annotations(path, image_dir=tmp_path)
+    assert [(i.kind, i.image_id) for i in report.errors] == [("image size mismatch", 1)]
+    assert "30x40" in report.errors[0].message and "40x30" in report.errors[0].message
+
+
+@pytest.mark.parametrize("ann_id", ["missing", None])
+def test_annotation_without_id_is_named_by_position(tmp_path, ann_id):
+    path = _one_person_file(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"].insert(0, dict(data["annotations"][0], id=ann_id))
+    if ann_id == "missing":
+        del data["annotations"][0]["id"]
+    path.write_text(json.dumps(data))
+    report = check_annotations(path)
+    assert [(i.kind, i.ann_id) for i in report.errors] == [("malformed annotation", "#0")]
+    assert "annotation #0 (by position) has no 'id'" in report.errors[0].message
+    assert all(i.location != "file" and "None" not in i.location for i in report.issues)
+    with pytest.raises(InputError, match=r"annotation #0 \(by position\) is not an object with an 'id'"):
+        load_keypoint_annotations(path)

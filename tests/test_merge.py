@@ -3,7 +3,7 @@ import json
 import pytest
 
 from raypose.data.merge import merge_foot, merge_foot_files
-from raypose.errors import InputError
+from raypose.errors import ConfigError, InputError
 from raypose.schema import COCO17, COCO23
 
 
@@ -111,3 +111,72 @@ def test_merge_files_writes_atomically(tmp_path):
         merge_foot_files(coco_path, foot_path, out)
     assert out.read_text() == before  # a failed merge leaves the old output alone
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.json"]  # and no temp files
+
+
+# Each bad foot value sits at position `offset` of the first foot point (left_big_toe: x, y, v).
+BAD_POINT_VALUES = [
+    (0, float("nan"), "left_big_toe x", "finite number"),
+    (1, float("inf"), "left_big_toe y", "finite number"),
+    (0, -float("inf"), "left_big_toe x", "finite number"),
+    (1, "40", "left_big_toe y", "finite number"),
+    (0, None, "left_big_toe x", "finite number"),
+    (0, True, "left_big_toe x", "finite number"),
+    (2, 7, "left_big_toe visibility", r"0 \(unlabelled\), 1 .* or 2"),
+    (2, -1, "left_big_toe visibility", r"0 \(unlabelled\), 1 .* or 2"),
+    (2, 1.5, "left_big_toe visibility", r"0 \(unlabelled\), 1 .* or 2"),
+    (2, float("nan"), "left_big_toe visibility", "finite number"),
+]
+
+
+@pytest.mark.parametrize("points", [6, 23])
+@pytest.mark.parametrize(("offset", "value", "field", "rule"), BAD_POINT_VALUES)
+def test_bad_foot_point_names_file_annotation_and_field(points, offset, value, field, rule):
+    foot = _foot(points, ids=((3, 11),))
+    first_foot = 3 * 17 if points == 23 else 0
+    foot["annotations"][0]["keypoints"][first_foot + offset] = value
+    with pytest.raises(InputError, match=rule) as info:
+        merge_foot(_coco(), foot, coco_name="c.json", foot_name="f.json")
+    message = str(info.value)
+    assert message.startswith("f.json: annotation 3 (image 11)")
+    assert f"keypoints[{first_foot + offset}] ({field})" in message
+
+
+@pytest.mark.parametrize(("offset", "value"), [(0, float("nan")), (1, "x"), (2, 3)])
+def test_bad_body_point_names_the_coco_file(offset, value):
+    coco = _coco()
+    coco["annotations"][1]["keypoints"][3 + offset] = value  # left_eye
+    with pytest.raises(InputError, match=r"^c\.json: annotation 2 \(image 10\): keypoints\[\d\] \(left_eye"):
+        merge_foot(coco, _foot(6), coco_name="c.json", foot_name="f.json")
+
+
+def test_merged_file_is_standard_json_and_nan_input_writes_nothing(tmp_path):
+    coco_path, foot_path, out = tmp_path / "c.json", tmp_path / "f.json", tmp_path / "m.json"
+    coco_path.write_text(json.dumps(_coco()))
+    foot_path.write_text(json.dumps(_foot(6)))
+    merge_foot_files(coco_path, foot_path, out)
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    json.loads(out.read_text(), parse_constant=no_constants)
+    out.unlink()
+    foot = _foot(6)
+    foot["annotations"][1]["keypoints"][15] = float("nan")  # json.dumps writes the NaN token
+    foot_path.write_text(json.dumps(foot))
+    with pytest.raises(InputError, match=r"annotation 3 .*keypoints\[15\] \(right_heel x\) is nan"):
+        merge_foot_files(coco_path, foot_path, out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["coco", "foot"])
+def test_out_equal_to_an_input_is_refused_and_the_input_kept(tmp_path, monkeypatch, which):
+    coco_path, foot_path = tmp_path / "c.json", tmp_path / "f.json"
+    coco_path.write_text(json.dumps(_coco()))
+    foot_path.write_text(json.dumps(_foot(6)))
+    before = {p: p.read_bytes() for p in (coco_path, foot_path)}
+    monkeypatch.chdir(tmp_path)
+    out = "./c.json" if which == "coco" else tmp_path / "x" / ".." / "f.json"
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ConfigError, match=r"is also an input .*write to another file"):
+        merge_foot_files(coco_path, foot_path, out)
+    assert {p: p.read_bytes() for p in before} == before

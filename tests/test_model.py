@@ -249,3 +249,58 @@ def test_crowd_boxes_are_resized_with_the_image():
     _, (out,) = model.transform([torch.rand(3, 100, 200)], [target])
     assert out["boxes"][0].tolist() == pytest.approx([8, 8, 48, 72])  # x 0.8: 200 px wide -> 160
     assert out["crowd_boxes"][0].tolist() == pytest.approx([80, 16, 160, 64])
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    torch.manual_seed(2)
+    return build_model(ModelConfig(**TINY)).state_dict()
+
+
+@pytest.mark.parametrize(
+    ("rename", "hint"),
+    [
+        (lambda name: "module." + name, "'module.' prefix"),  # saved from a DDP wrapper
+        (lambda name: name.replace("backbone.body.", "").replace(".", "_"), "model.backbone_weights"),
+    ],
+)
+def test_weights_that_match_no_tensor_are_refused(tmp_path, tiny_state, rename, hint):
+    path = tmp_path / "w.pth"
+    torch.save({rename(k): v for k, v in tiny_state.items()}, path)
+    with pytest.raises(WeightsError) as info:
+        build_model(ModelConfig(**{**TINY, "weights": str(path)}))
+    message = str(info.value)
+    assert message.startswith(f"{path}: only 0 of the model's ") and "(0%)" in message
+    assert "model.weights_min_match is 0.5" in message and hint in message
+    assert "--set model.weights_min_match=0" in message
+    build_model(ModelConfig(**{**TINY, "weights": str(path), "weights_min_match": 0}))  # the explicit override
+
+
+def test_weights_min_match_is_a_fraction_of_the_expected_tensors(tmp_path, tiny_state):
+    heads = {k: v for k, v in tiny_state.items() if k.startswith("roi_heads.")}
+    path = tmp_path / "heads.pth"
+    torch.save(heads, path)
+    expected = [k for k in tiny_state if not k.endswith("num_batches_tracked")]
+    fraction = len(heads) / len(expected)
+    assert 0 < fraction < 0.5
+    with pytest.raises(WeightsError, match=rf"only {len(heads)} of the model's {len(expected)} tensors"):
+        build_model(ModelConfig(**{**TINY, "weights": str(path)}))
+    model = build_model(ModelConfig(**{**TINY, "weights": str(path), "weights_min_match": fraction - 1e-6}))
+    for name, value in heads.items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+    with pytest.raises(WeightsError, match="only"):
+        build_model(ModelConfig(**{**TINY, "weights": str(path), "weights_min_match": fraction + 1e-6}))
+
+
+def test_a_full_match_passes_even_at_min_match_1(tmp_path, tiny_state):
+    path = tmp_path / "all.pth"
+    torch.save(tiny_state, path)
+    model = build_model(ModelConfig(**{**TINY, "weights": str(path), "weights_min_match": 1.0}))
+    for name, value in tiny_state.items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_weights_min_match_must_be_a_fraction(value):
+    with pytest.raises(ValueError, match="weights_min_match"):
+        ModelConfig(**TINY, weights_min_match=value)

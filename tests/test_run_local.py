@@ -143,6 +143,12 @@ def test_scaled_lr_reaches_the_optimizer_and_mlflow(tiny_train_config, tmp_path)
     client = MlflowClient(uri)
     params = client.search_runs([client.get_experiment_by_name("scale").experiment_id])[0].data.params
     assert float(params["optim.effective_lr"]) == pytest.approx(0.0025) and params["optim.images_per_step"] == "2"
+    # checkpoint folders and files follow the umask, as plain mkdir() and open() would
+    from raypose.io import default_mode
+
+    folder = tmp_path / "runs" / "scaled" / "checkpoints" / "epoch_0001"
+    assert folder.stat().st_mode & 0o777 == default_mode(directory=True)
+    assert (folder / "checkpoint.pth").stat().st_mode & 0o777 == default_mode()
 
 
 def final_weights(run_dir) -> dict:

@@ -127,3 +127,22 @@ def test_use_gpu_accepts_booleans_and_auto(tiny_train_config, tmp_path, value, p
     assert load_train_config(path, [f"use_gpu={value}"]).use_gpu == parsed  # --set use_gpu=yes is YAML's true
     with pytest.raises(ConfigError, match="use_gpu"):
         validate_train_config({**tiny_train_config, "use_gpu": "maybe"})
+
+
+@pytest.mark.parametrize("name", ["../x", "../../etc", "a/b", "/abs", "a\\\\b", "..", ".", "", "  ", "a\\0b"])
+def test_run_name_must_be_a_plain_folder_name(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"name: .*must be a plain folder name .*set storage_path to change where"):
+        load_train_config(write(tmp_path, "epochs: 1\n"), [f"name={name!r}"])
+
+
+@pytest.mark.parametrize("name", ["run-1", "a..b", "coco_r50.lr3e-4", "study-7_trial"])
+def test_plain_run_names_stay_under_the_storage_folder(tmp_path, name):
+    cfg = load_train_config(write(tmp_path, f"storage_path: {tmp_path / 'runs'}\n"), [f"name={name}"])
+    assert Path(cfg.run_dir).parent == tmp_path / "runs" and Path(cfg.run_dir).name == name
+
+
+def test_weights_min_match_is_set_like_any_model_key(tmp_path):
+    cfg = load_train_config(write(tmp_path, "epochs: 1\n"), ["model.weights_min_match=0"])
+    assert cfg.model.weights_min_match == 0
+    with pytest.raises(ConfigError, match="model.weights_min_match"):
+        load_train_config(write(tmp_path, "epochs: 1\n"), ["model.weights_min_match=2"])

@@ -102,3 +102,60 @@ def test_smooth_rejects_malformed_tracks(tmp_path, capsys):
     assert "raypose smooth: error:" in err and "tracks[0] (id 1)" in err and "one entry per frame" in err
     assert not (tmp_path / "s.json").exists()
     assert main(["smooth", str(bad), "--out", str(tmp_path / "s.json"), "--frac", "0"]) == 2
+
+
+@pytest.fixture(scope="module")
+def synth_tracks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["video-synth", "--out", str(out), "--frames", "12", "--width", "96", "--height", "80"]) == 0
+    return out / "detections.json"
+
+
+def _blocked_out(tmp_path, kind: str, where: str):
+    """An --out of the wrong kind: ``kind`` is what the command expects (file or folder)."""
+    blocker = tmp_path / "blocker"
+    if kind == "folder":
+        blocker.write_text("keep me")
+    else:
+        blocker.mkdir()
+    if where == "under a file":
+        (tmp_path / "plain").write_text("keep me")
+        return tmp_path / "plain" / "out"
+    return blocker
+
+
+@pytest.mark.parametrize("where", ["wrong kind", "under a file"])
+@pytest.mark.parametrize("command", ["video", "smooth", "video-synth"])
+def test_out_of_the_wrong_kind_is_refused_before_work(
+    tiny_checkpoint, synth_mp4, synth_tracks, tmp_path, capsys, command, where
+):
+    out = _blocked_out(tmp_path, "file" if command == "smooth" else "folder", where)
+    argv = {
+        "video": ["video", str(synth_mp4), "--checkpoint", str(tiny_checkpoint), "--device", "cpu"],
+        "smooth": ["smooth", str(synth_tracks)],
+        "video-synth": ["video-synth", "--frames", "5"],
+    }[command]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raypose {command}: error: --out {out}") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_smooth_out_equal_to_its_input_is_refused(synth_tracks, tmp_path, capsys):
+    tracks = tmp_path / "tracks.json"
+    tracks.write_bytes(synth_tracks.read_bytes())
+    assert main(["smooth", str(tracks), "--out", str(tracks)]) == 2
+    assert "is also an input" in capsys.readouterr().err
+    assert tracks.read_bytes() == synth_tracks.read_bytes()
+
+
+def test_video_on_cuda_without_cuda_is_refused(tiny_checkpoint, synth_mp4, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["video", str(synth_mp4), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert "CUDA is not available on this machine" in capsys.readouterr().err
+    assert main([*argv, "--device", "gpu"]) == 2
+    assert "not a device; valid: auto, cpu, cuda or cuda:N" in capsys.readouterr().err

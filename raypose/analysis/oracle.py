@@ -29,15 +29,9 @@ from raypose.analysis.progressive import evaluate_category
 from raypose.checkpoint import load_model_from_checkpoint
 from raypose.errors import WeightsError
 from raypose.evaluation.fast import CategoryData
-from raypose.inference import load_image
+from raypose.inference import load_image, resolve_device
 
 logger = logging.getLogger(__name__)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.inference_mode()
@@ -162,7 +156,7 @@ def oracle_study(
         WeightsError: unreadable checkpoint or a keypoint count that differs from the ground truth.
         InputError: a missing or unreadable image.
     """
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     model, config = load_model_from_checkpoint(checkpoint, torch_device)
     if config.num_keypoints != inp.schema.num_keypoints:
         raise WeightsError(

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from raypose.errors import ConfigError
+from raypose.errors import ConfigError, InputError
+from raypose.io import check_output_dir
+
+if TYPE_CHECKING:
+    from raypose.analysis.data import AnalysisInput
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,11 +62,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     from raypose.analysis.report import write_report
     from raypose.analysis.summary import compute_analysis
 
+    check_output_dir(args.out)
     if args.worst < 0 or args.max_listed < 0:
         raise ConfigError("--worst and --max-listed must be >= 0")
     if args.checkpoint and not args.images:
         raise ConfigError("--checkpoint runs the model on the images, so it needs --images IMAGES")
     inp = load_analysis_input(args.gt, args.dets)
+    require_detections_and_people(inp)
     result = compute_analysis(inp, worst=args.worst)
     if args.checkpoint:
         from raypose.analysis.oracle import oracle_study
@@ -73,6 +80,21 @@ def run_analyze(args: argparse.Namespace) -> int:
     _print_summary(result)
     print(f"wrote {paths['summary']} and {paths['report']}")
     return 0
+
+
+def require_detections_and_people(inp: AnalysisInput) -> None:
+    """Raises InputError when nothing can be scored: no detection on the ground truth's images, or
+    no ground-truth person who counts (pycocotools would report AP -1 and the gains NaN)."""
+    if len(inp.data.dt_img) == 0:
+        raise InputError(
+            f"{inp.dt_source}: no detections on the images of {inp.gt_source}, so there is nothing to analyse "
+            "(check that the detections' image_id and category_id values are the ground truth's)"
+        )
+    if bool(inp.data.gt_ignore.all()):
+        raise InputError(
+            f"{inp.gt_source}: no ground-truth person with labelled keypoints (all {len(inp.data.gt_ignore)} "
+            "are crowd regions or have num_keypoints 0), so AP is undefined"
+        )
 
 
 def _print_summary(result) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from raypose.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``raypose data`` and its sub-commands to the ``raypose`` parser."""
@@ -71,6 +73,9 @@ def _add_synth(commands) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from raypose.data.synth import generate_synthetic_dataset, prepare_dataset
+    from raypose.io import check_output_dir
+
+    check_output_dir(args.out)
 
     layout = generate_synthetic_dataset(args.out, args.train, args.val, args.seed, tuple(args.size))
     for split in ("train", "val"):
@@ -119,6 +124,9 @@ def _add_stats(commands) -> None:
 
 def _stats(args: argparse.Namespace) -> int:
     from raypose.data.eda import write_stats
+    from raypose.io import check_output_dir
+
+    check_output_dir(args.out)
 
     summary = write_stats(args.annotations, args.out)
     print(
@@ -139,7 +147,7 @@ def _add_show(commands) -> None:
     p.add_argument("annotations", metavar="ANN.json", help="COCO keypoint annotation file")
     p.add_argument("images", metavar="IMAGES", help="folder holding the images")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
-    p.add_argument("--num", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--num", type=int, default=16, help="number of images, at least 1 (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for the image choice and augmentations")
     p.add_argument("--no-augment", action="store_true", help="show the raw labels, without augmentation")
     p.set_defaults(func=_show)
@@ -147,6 +155,11 @@ def _add_show(commands) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     from raypose.data.eda import write_samples
+    from raypose.io import check_output_dir
+
+    if args.num < 1:
+        raise ConfigError(f"--num must be at least 1 (the number of images to draw), got {args.num}")
+    check_output_dir(args.out)
 
     paths = write_samples(args.annotations, args.images, args.out, args.num, args.seed, not args.no_augment)
     print(f"wrote {len(paths)} images to {args.out}")
@@ -169,16 +182,16 @@ def _add_check(commands) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     from raypose.data.eda import check_annotations
-    from raypose.io import write_json_atomic
+    from raypose.io import check_output_file, write_json_atomic
 
+    if args.out:
+        check_output_file(args.out, inputs=(args.annotations,))
     report = check_annotations(args.annotations, args.images)
     print(f"{args.annotations}: {report.images} images, {report.people} annotations")
     for kind, count in report.counts().items():
         print(f"  {count:7d}  {kind}")
     for issue in report.issues[: max(0, args.show)]:
-        print(
-            f"  {issue.severity}: image {issue.image_id} annotation {issue.ann_id}: {issue.kind}: {issue.message}"
-        )
+        print(f"  {issue.severity}: {issue.location}: {issue.kind}: {issue.message}")
     if args.out:
         write_json_atomic(args.out, report.to_dict(), indent=1)
     if report.errors:

@@ -7,6 +7,8 @@ import argparse
 import json
 import math
 
+from raypose.io import check_output_dir
+
 _AREA_LABEL = {"AP": "all", "AP50": "all", "AP75": "all", "APm": "medium", "APl": "large"}
 
 
@@ -95,6 +97,8 @@ def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``raypose eval``: evaluate, print a table or JSON, optionally write a report."""
     from raypose.evaluation.cocoeval import STAT_NAMES, evaluate_keypoints, write_eval_report
 
+    if args.out is not None:
+        check_output_dir(args.out)
     result = evaluate_keypoints(
         args.gt,
         args.dets,

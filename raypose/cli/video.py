@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from raypose.io import check_output_dir, check_output_file
+
 SMOOTH_HELP = {
     "frac": "fraction of a track's frames in each LOWESS local fit, in (0, 1] (default 0.1)",
     "window": "frames in each LOWESS local fit; overrides --frac with a fixed span (better for long videos)",
@@ -99,6 +101,7 @@ def video_command(args: argparse.Namespace) -> int:
     from raypose.video.pipeline import VideoRunConfig, run_video
     from raypose.video.tracking import TrackerConfig
 
+    check_output_dir(args.out)
     config = VideoRunConfig(
         checkpoint=args.checkpoint,
         out_dir=args.out,
@@ -126,6 +129,7 @@ def smooth_command(args: argparse.Namespace) -> int:
     from raypose.video.smoothing import smooth_tracks
     from raypose.video.tracks_io import load_tracks, save_tracks
 
+    check_output_file(args.out, inputs=(args.tracks,))
     config = _smoothing_config(args)
     tracks = load_tracks(args.tracks)
     smoothed, report = smooth_tracks(tracks, config)
@@ -140,6 +144,7 @@ def synth_command(args: argparse.Namespace) -> int:
     from raypose.video.synth_video import SynthVideoConfig, generate_synthetic_video
     from raypose.video.tracks_io import save_tracks
 
+    check_output_dir(args.out)
     video = generate_synthetic_video(
         SynthVideoConfig(num_frames=args.frames, width=args.width, height=args.height, fps=args.fps,
                          num_people=args.people, seed=args.seed)

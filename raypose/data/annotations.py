@@ -194,8 +194,8 @@ def keypoint_annotations_from_dict(
 
     rows, ann_ids, kps, boxes, areas, crowd = [], [], [], [], [], []
     for n, ann in enumerate(require_list(data, "annotations", source)):
-        if not isinstance(ann, dict) or "id" not in ann:
-            raise InputError(f"{source}: annotation #{n} is not an object with an 'id'")
+        if not isinstance(ann, dict) or ann.get("id") is None:
+            raise InputError(f"{source}: annotation #{n} (by position) is not an object with an 'id'")
         category_id = ann.get("category_id", category["id"])
         if category_id != category["id"]:
             if category_id in known_categories:

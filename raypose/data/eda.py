@@ -4,7 +4,8 @@
   fractions and box sizes, as PNG plots and ``summary.json``;
 * :func:`write_samples` — images with skeletons drawn after the training augmentations;
 * :func:`check_annotations` — missing labels, keypoints outside their box or image, bad
-  visibility values, zero-area boxes and structural problems, without stopping at the first.
+  visibility values, empty or negative boxes, zero areas (OKS divides by the area), bad image
+  sizes, unreadable image files and structural problems, without stopping at the first.
 """
 
 from __future__ import annotations
@@ -198,6 +199,13 @@ class Issue:
     image_id: Any = None
     ann_id: Any = None
 
+    @property
+    def location(self) -> str:
+        """``image 3 annotation 7``, leaving out what the issue has not (the file, for file-level issues)."""
+        parts = [f"{what} {value}" for what, value in (("image", self.image_id), ("annotation", self.ann_id))
+                 if value is not None]
+        return " ".join(parts) or "file"
+
 
 @dataclass
 class CheckReport:
@@ -207,6 +215,7 @@ class CheckReport:
     issues: list[Issue] = field(default_factory=list)
 
     def add(self, severity: str, kind: str, message: str, image_id: Any = None, ann_id: Any = None) -> None:
+        """Record an issue; ``image_id`` / ``ann_id`` stay None where the issue has none."""
         self.issues.append(Issue(severity, kind, message, image_id, ann_id))
 
     @property
@@ -228,9 +237,10 @@ class CheckReport:
 
 def _check_structure(ann: dict, n: int, k: int, cat_id: Any, images: dict, report: CheckReport) -> bool:
     """Report what makes one annotation unusable; True if it can be checked further."""
-    ann_id = ann.get("id", f"#{n}") if isinstance(ann, dict) else f"#{n}"
-    if not isinstance(ann, dict):
-        report.add("error", "malformed annotation", f"annotation {ann_id} is not an object", ann_id=ann_id)
+    ann_id = ann.get("id") if isinstance(ann, dict) else None
+    if ann_id is None:
+        what = "is not an object" if not isinstance(ann, dict) else "has no 'id'"
+        report.add("error", "malformed annotation", f"annotation #{n} (by position) {what}", ann_id=f"#{n}")
         return False
     image_id = ann.get("image_id")
     where = {"image_id": image_id, "ann_id": ann_id}
@@ -248,11 +258,28 @@ def _check_structure(ann: dict, n: int, k: int, cat_id: Any, images: dict, repor
     if not isinstance(bbox, list) or len(bbox) != 4:
         report.add("error", "malformed bbox", f"bbox {bbox!r} is not [x, y, w, h]", **where)
         return False
-    values = kps + bbox
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        report.add("error", "non-numeric value", "keypoints or bbox hold a non-finite or non-number", **where)
+    values = kps + bbox + ([ann["area"]] if "area" in ann else [])
+    if not all(_is_number(v) for v in values):
+        report.add("error", "non-numeric value", "keypoints, bbox or area hold a non-finite or non-number", **where)
         return False
     return True
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_box_and_area(ann: dict, report: CheckReport) -> None:
+    """A box needs a positive width and height; a person needs a positive area (OKS divides by it)."""
+    where = {"image_id": ann["image_id"], "ann_id": ann["id"]}
+    w, h = ann["bbox"][2:]
+    if w < 0 or h < 0:
+        report.add("error", "negative box size", f"bbox {ann['bbox']} has a negative width or height", **where)
+    elif w == 0 or h == 0:
+        report.add("error", "zero-area box", f"bbox {ann['bbox']} has no area", **where)
+    if not ann.get("iscrowd") and "area" in ann and ann["area"] <= 0:
+        kind = "zero area" if ann["area"] == 0 else "negative area"
+        report.add("error", kind, f"area {ann['area']}: OKS scales by the area, so no detection matches", **where)
 
 
 def _check_person(ann: dict, image: dict, k: int, report: CheckReport) -> None:
@@ -264,8 +291,7 @@ def _check_person(ann: dict, image: dict, k: int, report: CheckReport) -> None:
         report.add(
             "error", "bad visibility", f"visibility values {sorted(set(v.tolist()) - {0, 1, 2})}", **where
         )
-    if w <= 0 or h <= 0:
-        report.add("error", "zero-area box", f"bbox {ann['bbox']} has no area", **where)
+    _check_box_and_area(ann, report)
     labelled = v > 0
     if ann.get("iscrowd"):
         return
@@ -293,6 +319,47 @@ def _check_person(ann: dict, image: dict, k: int, report: CheckReport) -> None:
         )
 
 
+def _check_images(entries: list, report: CheckReport) -> dict[Any, dict]:
+    """Image entries by id; reports entries without id / file_name and sizes that are not positive."""
+    images: dict[Any, dict] = {}
+    for n, image in enumerate(entries):
+        if not isinstance(image, dict) or image.get("id") is None or "file_name" not in image:
+            report.add("error", "malformed image", f"image entry #{n} (by position) needs 'id' and 'file_name'")
+            continue
+        if image["id"] in images:
+            report.add("error", "duplicate image id", "image id appears twice", image_id=image["id"])
+        size = (image.get("width"), image.get("height"))
+        if not all(_is_number(v) and v > 0 for v in size):
+            report.add("error", "bad image size", f"width, height {size}: both must be positive", image["id"])
+            image = {**image, "width": math.inf, "height": math.inf}  # keypoints are not checked against it
+        images[image["id"]] = image
+    return images
+
+
+def _check_image_files(images: dict[Any, dict], image_dir: Path, report: CheckReport) -> None:
+    """Every image file exists, decodes completely, and has the size its entry declares."""
+    from PIL import Image
+
+    for image_id, image in images.items():
+        path = image_dir / image["file_name"]
+        if not path.is_file():
+            report.add("error", "missing image file", str(path), image_id)
+            continue
+        try:
+            with Image.open(path) as im:
+                im.load()  # decodes every byte: a truncated or corrupt file fails here, not in training
+                size = im.size
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+            report.add("error", "unreadable image file", f"{path}: {type(e).__name__}: {e}", image_id)
+            continue
+        declared = (image.get("width"), image.get("height"))
+        if math.inf not in declared and size != declared:
+            report.add(
+                "error", "image size mismatch", f"{path} is {size[0]}x{size[1]}, the entry says "
+                f"{declared[0]}x{declared[1]}", image_id,
+            )
+
+
 def check_annotations(
     source: str | os.PathLike | dict, image_dir: str | os.PathLike | None = None
 ) -> CheckReport:
@@ -308,14 +375,7 @@ def check_annotations(
     category = person_category(data.get("categories"), name)
     k = len(category["keypoints"])
     report = CheckReport(source=name)
-    images = {}
-    for n, image in enumerate(data.get("images") or []):
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            report.add("error", "malformed image", f"image entry #{n} needs 'id' and 'file_name'")
-            continue
-        if image["id"] in images:
-            report.add("error", "duplicate image id", "image id appears twice", image_id=image["id"])
-        images[image["id"]] = image
+    images = _check_images(data.get("images") or [], report)
     report.images = len(images)
     seen_ids, with_people = set(), set()
     for n, ann in enumerate(data.get("annotations") or []):
@@ -328,9 +388,7 @@ def check_annotations(
         with_people.add(ann["image_id"])
         _check_person(ann, images[ann["image_id"]], k, report)
     if image_dir is not None:
-        for image_id, image in images.items():
-            if not (Path(image_dir) / image["file_name"]).is_file():
-                report.add("error", "missing image file", f"{Path(image_dir) / image['file_name']}", image_id)
+        _check_image_files(images, Path(image_dir), report)
     empty = len(set(images) - with_people)
     if empty:
         logger.info("%s: %d images have no annotated person (fine for negatives)", name, empty)

@@ -7,19 +7,23 @@ The real files are inconsistent, and each quirk is handled here:
   points: the foot points are always the last 6;
 * ``categories`` may be one dict instead of a list;
 * ``num_keypoints`` may be stale: it is recomputed from the merged visibilities.
+
+Every merged point must be three finite numbers ``(x, y, v)`` with ``v`` in {0, 1, 2}: a NaN
+would be written as the non-standard JSON token ``NaN``, and a ``v`` of 7 would count as labelled.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raypose.data.annotations import person_category, require_list
 from raypose.errors import InputError
-from raypose.io import load_json, write_json_atomic
+from raypose.io import check_output_file, load_json, write_json_atomic
 from raypose.schema import COCO17, COCO23, FOOT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -54,18 +58,43 @@ def _foot_points(ann: dict, foot_name: str) -> list:
             f"{foot_name}: annotation {ann.get('id')} (image {ann.get('image_id')}): expected "
             f"{3 * NUM_FOOT} (6 foot points) or {3 * (NUM_BODY + NUM_FOOT)} (23 points) keypoint values, got {got}"
         )
+    where = f"{foot_name}: annotation {ann.get('id')} (image {ann.get('image_id')})"
+    _check_points(keypoints, FOOT_NAMES, where, first=len(keypoints) - 3 * NUM_FOOT)
     return keypoints[-3 * NUM_FOOT :]
 
 
 def _index_by_id(annotations: list, name: str) -> dict[int, dict]:
     by_id: dict[int, dict] = {}
     for n, ann in enumerate(annotations):
-        if not isinstance(ann, dict) or "id" not in ann:
-            raise InputError(f"{name}: annotation #{n} is not an object with an 'id'")
+        if not isinstance(ann, dict) or ann.get("id") is None:
+            raise InputError(f"{name}: annotation #{n} (by position) is not an object with an 'id'")
         if ann["id"] in by_id:
             raise InputError(f"{name}: duplicate annotation id {ann['id']}")
         by_id[ann["id"]] = ann
     return by_id
+
+
+def _check_points(keypoints: list, names: tuple[str, ...], where: str, first: int = 0) -> None:
+    """Every point ``names[k]`` at ``keypoints[first + 3k : first + 3k + 3]`` is (x, y, v): finite
+    numbers, ``v`` in {0, 1, 2}.
+
+    Raises:
+        InputError: naming ``where`` (file and annotation id), the keypoint and the bad value.
+    """
+    for k, name in enumerate(names):
+        i = first + 3 * k
+        x, y, v = keypoints[i : i + 3]
+        for offset, (field_name, value) in enumerate((("x", x), ("y", y), ("visibility", v))):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(
+                    f"{where}: keypoints[{i + offset}] ({name} {field_name}) is "
+                    f"{value!r}; every value must be a finite number (unlabelled points are 0, 0, 0)"
+                )
+        if v not in (0, 1, 2):
+            raise InputError(
+                f"{where}: keypoints[{i + 2}] ({name} visibility) is {v!r}; COCO visibility is "
+                "0 (unlabelled), 1 (labelled, hidden) or 2 (labelled, visible)"
+            )
 
 
 def _count_labelled(keypoints: list) -> int:
@@ -81,7 +110,8 @@ def merge_foot(
     COCO file's images and people and has a single 23-keypoint person category.
 
     Raises:
-        InputError: malformed input, a COCO person without 17 points, a foot annotation whose
+        InputError: malformed input, a COCO person without 17 points, a point that is not three
+            finite numbers with visibility 0, 1 or 2, a foot annotation whose
             image id differs from its COCO match, or foot ids without a COCO match (unless
             ``allow_unmatched``); the message names the file and the ids.
     """
@@ -128,6 +158,7 @@ def _merge_one(ann: dict, foot_ann: dict | None, coco_name: str, foot_name: str)
             f"{coco_name}: annotation {ann['id']} (image {ann.get('image_id')}): expected "
             f"{3 * NUM_BODY} keypoint values, got {got}"
         )
+    _check_points(keypoints, COCO17.names, f"{coco_name}: annotation {ann['id']} (image {ann.get('image_id')})")
     if foot_ann is None:
         foot_points = [0] * (3 * NUM_FOOT)
     else:
@@ -149,7 +180,13 @@ def merge_foot_files(
     out_path: str | os.PathLike,
     allow_unmatched: bool = False,
 ) -> MergeReport:
-    """Merge two annotation files (see :func:`merge_foot`) and write the result atomically."""
+    """Merge two annotation files (see :func:`merge_foot`) and write the result atomically.
+
+    Raises:
+        ConfigError: ``out_path`` is a folder, or is one of the inputs (which stay untouched).
+        InputError: as :func:`merge_foot`.
+    """
+    check_output_file(out_path, inputs=(coco_path, foot_path))
     coco = load_json(coco_path, what="COCO annotation file")
     foot = load_json(foot_path, what="foot annotation file")
     merged, report = merge_foot(coco, foot, allow_unmatched, str(coco_path), str(foot_path))

@@ -150,6 +150,17 @@ class TrainConfig(_Strict):
         words = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
         return words.get(value.lower(), value) if isinstance(value, str) else value
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the run folder is storage_path/name: a separator or '..' would put it elsewhere
+        if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0"):
+            raise ValueError(
+                f"name {v!r} must be a plain folder name (no '/', '\\', '..' or empty name); "
+                "runs go under storage_path: set storage_path to change where"
+            )
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if "://" in self.storage_path and not self.storage_path.startswith(("s3://", "gs://", "file://")):

@@ -28,6 +28,8 @@ RUN_RECORD = "config.yaml"
 # schedule kind, and everything that sets the number of optimizer steps per epoch.
 FROZEN = ("model.", "optim.name", "schedule.name", "batch_size", "accumulate", "workers", "data.train_limit",
           "data.train_ann")
+# Model keys that only matter when a run starts (the weights it starts from): not frozen.
+INIT_ONLY = ("model.weights", "model.backbone_weights", "model.weights_min_match")
 # Under 1cycle the schedule's length and shape are fixed when it starts.
 FROZEN_ONECYCLE = ("epochs", "schedule.pct_start", "schedule.div_factor", "schedule.final_div_factor")
 
@@ -42,7 +44,7 @@ def frozen_changes(saved: dict[str, Any], new: TrainConfig) -> list[tuple[str, A
 
 def _is_frozen(key: str, frozen: tuple[str, ...]) -> bool:
     """``model.`` names a section (every key under it), ``epochs`` one key."""
-    return any(key.startswith(f) if f.endswith(".") else key == f for f in frozen)
+    return key not in INIT_ONLY and any(key.startswith(f) if f.endswith(".") else key == f for f in frozen)
 
 
 def _differs(old: Any, new: Any) -> bool:

@@ -9,6 +9,7 @@ two: rank, device, where checkpoints come from and go. Each epoch is :func:`_run
 from __future__ import annotations
 
 import logging
+import os
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from raypose.data.prepare import (
     set_loader_epoch,
 )
 from raypose.errors import ConfigError
+from raypose.io import default_mode
 from raypose.model import build_model
 from raypose.training.activations import ActivationStats
 from raypose.training.config import TrainConfig, identity_tags, recipe_params
@@ -247,6 +249,7 @@ def _checkpoint_and_report(state: TrainingState, metrics: dict[str, float]) -> N
         ckpt_dir = None
         if state.session.world_rank == 0:
             ckpt_dir = Path(tmp)
+            os.chmod(ckpt_dir, default_mode(directory=True))  # copied as it is: follow the umask, not 0700
             save_checkpoint(
                 ckpt_dir / CHECKPOINT_FILE, state.model, state.config.model,
                 epoch=int(metrics["epoch"]), config=state.config.model_dump(mode="json"),

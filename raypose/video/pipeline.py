@@ -89,21 +89,6 @@ class VideoResult:
         return self.frames / max(self.timings["decode_detect_track"], 1e-9)
 
 
-def resolve_device(device: str):
-    """A torch device; ``"auto"`` picks CUDA when available.
-
-    Raises:
-        ConfigError: CUDA asked for but not available.
-    """
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
-    return torch.device(device)
-
-
 def detect_frames(
     model, frames: Iterable[np.ndarray], device, batch_size: int, score_thresh: float
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -146,6 +131,7 @@ def run_video(input_path: str | Path, config: VideoRunConfig) -> VideoResult:
         ConfigError: a plot keypoint is not in the checkpoint's schema, or CUDA is missing.
     """
     from raypose.checkpoint import load_model_from_checkpoint
+    from raypose.inference import resolve_device
 
     info = probe_video(input_path)  # fail on a bad video before loading a model
     device = resolve_device(config.device)
