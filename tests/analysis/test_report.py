@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_analysis_errors import make_scene
 
 from raypose.analysis.data import analysis_input_from_dicts
 from raypose.analysis.report import write_report
 from raypose.analysis.summary import compute_analysis
+from tests.analysis.test_error_types import make_scene
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

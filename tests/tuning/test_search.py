@@ -175,7 +175,9 @@ def test_a_trial_with_a_non_finite_loss_is_a_poor_result_not_a_retry(ray_local, 
     # Tune saw the trial end normally (no retry), with the poor score the searcher learns from
     from ray import tune
 
-    grid = tune.Tuner.restore(str(tmp_path / "runs" / "nan"), trainable=lambda c: None).get_results()
+    from raypose.tuning.search import train_driver
+
+    grid = tune.Tuner.restore(str(tmp_path / "runs" / "nan"), trainable=train_driver).get_results()
     assert grid.num_errors == 0 and grid.num_terminated == 2
     scores = sorted(r.metrics.get("oks_map") for r in grid)
     assert scores[0] == 0.0

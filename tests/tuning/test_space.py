@@ -10,7 +10,7 @@ import pytest
 from raypose.errors import ConfigError
 from raypose.tuning.space import BASELINE_RECIPE, TRIAL_KIND_KEY, SpaceSampler, load_search_space
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SPACE = """

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_analysis_errors import make_scene
-from test_analysis_oracle import small_scene, tiny_checkpoint  # noqa: F401  (fixture)
 
 from raypose.cli.main import main
+from tests.analysis.test_error_types import make_scene
+from tests.analysis.test_oracle import small_scene, tiny_checkpoint  # noqa: F401  (fixture)
 
 
 def write_files(tmp_path, gt, dets):

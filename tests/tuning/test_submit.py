@@ -8,7 +8,7 @@ from pathlib import Path
 
 from raypose.tuning.submit import EXCLUDES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ray_package(project: Path, out: Path) -> set[str]:

@@ -6,7 +6,6 @@ import copy
 
 import numpy as np
 import pytest
-from test_analysis_errors import coco, det, gt_ann, ks_offset, make_scene, template
 
 from raypose.analysis.data import analysis_input_from_dicts
 from raypose.analysis.progressive import (
@@ -20,6 +19,7 @@ from raypose.analysis.progressive import (
 )
 from raypose.evaluation.cocoeval import evaluate_keypoints
 from raypose.schema import schema_for
+from tests.analysis.test_error_types import coco, det, gt_ann, ks_offset, make_scene, template
 
 STEP_NAMES = ["original", *KEYPOINT_STEPS, "score", "background_fp", "false_negative"]
 

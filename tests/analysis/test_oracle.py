@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_analysis_errors import coco, det, gt_ann, template
 
 from raypose.analysis.data import analysis_input_from_dicts
 from raypose.analysis.oracle import oracle_data, oracle_study, predict_on_boxes
 from raypose.checkpoint import save_checkpoint
 from raypose.errors import WeightsError
 from raypose.model import ModelConfig, build_model
+from tests.analysis.test_error_types import coco, det, gt_ann, template
 
 TINY = dict(
     backbone="resnet18",
