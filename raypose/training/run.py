@@ -222,7 +222,10 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
     # after the checkpoint: an epoch interrupted before it is trained again on resume, and
     # would otherwise be logged twice
     if state.tracker is not None:
-        state.tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", CHECKPOINT_SCORE)},
+        # OKS first: MLflow keeps a run's metrics in the order first logged, and its Compare view
+        # plots the first shared metric (so oks_map, against the searched params)
+        ordered = {**{k: metrics[k] for k in EVAL_KEYS if k in metrics}, **metrics}
+        state.tracker.log_metrics({k: v for k, v in ordered.items() if k not in ("epoch", CHECKPOINT_SCORE)},
                                   step=epoch + 1)
     return metrics
 

@@ -119,6 +119,7 @@ def test_interrupted_search_resumes_and_logs_trials_once(ray_local, tiny_train_c
         assert not any("|" in k for k in child.data.params)
         assert not {"name", "storage_path", "mlflow.run_id", "mlflow.parent_run_id"} & set(child.data.params)
         assert child.data.tags["raypose.name"].startswith("mini-")
+        assert next(iter(child.data.metrics)) == "oks_map"  # what MLflow's Compare view plots first
     assert "loguniform" in parents[0].data.params["optim.lr"] and "optim.name=adamw" in parents[0].data.params["optim.lr"]
     assert client.get_experiment_by_name("tune-test").tags["mlflow.experimentKind"] == "custom_model_development"
     trial_dirs = [p.name for p in (tmp_path / "runs" / "mini").iterdir() if p.is_dir() and p.name != "best"]
