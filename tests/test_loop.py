@@ -203,3 +203,22 @@ def test_place_model_channels_last_matches_and_compile_keeps_state_dict_keys(str
     assert list(compiled.state_dict()) == list(strip_model.state_dict())
     with pytest.raises(ValueError, match="has no .backbone"):
         place_model(ToyDetector(), torch.device("cpu"), compile_backbone=True)
+
+
+def test_channels_last_backbone_trains():
+    """torchvision's keypoint loss views the head's logits: only the backbone may be NHWC."""
+    from raypose.model import ModelConfig, build_model
+    from raypose.training.loop import place_model
+
+    torch.manual_seed(0)
+    model = place_model(build_model(ModelConfig(**STRIP_MODEL)), torch.device("cpu"), channels_last=True)
+    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(1, 23, 2, generator=g) * torch.tensor([60.0, 50.0]) + 20
+    target = {"boxes": torch.cat([xy.min(1).values - 5, xy.max(1).values + 5], 1),
+              "labels": torch.ones(1, dtype=torch.int64), "keypoints": torch.cat([xy, torch.full((1, 23, 1), 2.0)], -1)}
+    opt = build_optimizer(model, OptimConfig(name="sgd", lr=0.001))
+    sched = build_scheduler(opt, ScheduleConfig(name="constant"), 1, 1)
+    loader = [([torch.rand(3, 96, 128, generator=g)], [target])]
+    metrics = train_one_epoch(model, opt, sched, loader, torch.device("cpu"), log_every=0)
+    assert metrics["optimizer_steps"] == 1 and metrics["loss_keypoint"] > 0

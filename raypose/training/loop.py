@@ -40,10 +40,11 @@ def place_model(
     optimizer's state (momentum) should be created in the final layout.
 
     Args:
-        channels_last: store conv weights as NHWC; cuDNN then runs the convolutions (and the
-            float16/bfloat16 tensor-core kernels) in NHWC. torchvision's detection models accept it
-            (their outputs match the NCHW model's), but ``roi_align`` makes its input contiguous,
-            so whether it pays off on KeypointRCNN is for ``benchmarks/bench_train.py`` to say.
+        channels_last: store the backbone's conv weights as NHWC; cuDNN then runs its
+            convolutions (and the float16/bfloat16 tensor-core kernels) in NHWC. Only the backbone:
+            torchvision's keypoint loss ``view``s the head's logits, which fails on NHWC, and
+            ``roi_align`` hands the heads contiguous tensors anyway. Whether it pays off on
+            KeypointRCNN is for ``benchmarks/bench_train.py`` to say.
         compile_backbone: ``torch.compile`` the ResNet + FPN in place (``dynamic=True``: detection
             batches change size). The RPN and ROI heads stay eager: their data-dependent shapes
             break graphs. In place, so state-dict keys (checkpoints) do not change. Untested on a
@@ -53,12 +54,12 @@ def place_model(
         The same module, moved.
     """
     model = model.to(device)
+    backbone = getattr(model, "backbone", None)
+    if (channels_last or compile_backbone) and backbone is None:
+        raise ValueError(f"channels_last/compile_backbone: {type(model).__name__} has no .backbone")
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        backbone.to(memory_format=torch.channels_last)
     if compile_backbone:
-        backbone = getattr(model, "backbone", None)
-        if backbone is None:
-            raise ValueError(f"compile_backbone: {type(model).__name__} has no .backbone to compile")
         backbone.compile(dynamic=True)
     return model
 
