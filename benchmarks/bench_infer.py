@@ -71,7 +71,10 @@ def run(sizes: Sizes, num_images: int, device) -> dict:
             start = time.perf_counter()
             outputs, ids = predict_loader(model, loader, device, amp=amp)  # CPU copies: synced
             seconds = time.perf_counter() - start
-            row = {"batch": batch, "precision": "amp (float16 backbone)" if amp and device.type == "cuda" else "fp32",
+            precision = "amp (float16 backbone)" if amp else "fp32"
+            if amp and device.type != "cuda":
+                precision = "fp32 (amp is a no-op on CPU)"
+            row = {"batch": batch, "precision": precision,
                    "images": len(ids), "images_per_s": round(len(ids) / seconds, 2),
                    "detections_per_image": round(sum(len(o["scores"]) for o in outputs) / len(outputs), 1)}
             if device.type == "cuda":

@@ -121,7 +121,7 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(R50_MODEL, (800, 1333), (1, 5), warmup_steps=5, timed_images=48, max_batch=64,
-                  cli_images=64, cli_epochs=3, loader_workers=6)
+                  cli_images=48, cli_epochs=3, loader_workers=6)
 SMOKE_SIZES = Sizes(TINY_MODEL, (128, 192), (1, 3), warmup_steps=1, timed_images=6, max_batch=4,
                     cli_images=8, cli_epochs=2, loader_workers=0)
 
