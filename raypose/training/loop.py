@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from raypose.errors import TrainingError
 
@@ -24,19 +24,78 @@ LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_keypoint", "loss_objectnes
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
+    # non_blocking only overlaps with compute when the batch is in pinned memory (DataLoader
+    # pin_memory=True); from pageable memory it is an ordinary copy.
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
     return images, targets
 
 
-def _check_finite(loss: torch.Tensor, parts: dict[str, torch.Tensor], epoch: int, step: int) -> None:
-    # .item() syncs the GPU; once per micro-batch is cheap next to a detection step.
-    if not math.isfinite(loss.item()):
-        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
-        raise TrainingError(
-            f"non-finite loss at epoch {epoch}, step {step}: {detail}. Lower the learning rate, "
-            "set grad_clip, or check the data with `raypose data check`."
-        )
+def place_model(
+    model: nn.Module, device: torch.device, *, channels_last: bool = False, compile_backbone: bool = False
+) -> nn.Module:
+    """Move ``model`` to ``device``, optionally in channels-last layout and with a compiled backbone.
+
+    Call it before building the optimizer: the layout change replaces parameter storage, and an
+    optimizer's state (momentum) should be created in the final layout.
+
+    Args:
+        channels_last: store the backbone's conv weights as NHWC; cuDNN then runs its
+            convolutions (and the float16/bfloat16 tensor-core kernels) in NHWC. Only the backbone:
+            torchvision's keypoint loss ``view``s the head's logits, which fails on NHWC, and
+            ``roi_align`` hands the heads contiguous tensors anyway. Whether it pays off on
+            KeypointRCNN is for ``benchmarks/bench_train.py`` to say.
+        compile_backbone: ``torch.compile`` the ResNet + FPN in place (``dynamic=True``: detection
+            batches change size). The RPN and ROI heads stay eager: their data-dependent shapes
+            break graphs. In place, so state-dict keys (checkpoints) do not change. Untested on a
+            GPU so far; opt in only after measuring.
+
+    Returns:
+        The same module, moved.
+    """
+    model = model.to(device)
+    backbone = getattr(model, "backbone", None)
+    if (channels_last or compile_backbone) and backbone is None:
+        raise ValueError(f"channels_last/compile_backbone: {type(model).__name__} has no .backbone")
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    if compile_backbone:
+        backbone.compile(dynamic=True)
+    return model
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype``, or nothing when it is None."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+
+class _NonFiniteWatch:
+    """Finds non-finite losses without a host sync per step.
+
+    Each micro-batch's loss stays on the device until :meth:`check`, which syncs once for all
+    of them and raises for the first non-finite one, naming its step and loss components.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def add(self, step: int, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        self.pending.append((step, loss.detach(), {k: v.detach() for k, v in parts.items()}))
+
+    def check(self, epoch: int) -> None:
+        """Raises:
+        TrainingError: a pending loss is NaN or infinite."""
+        if not self.pending:
+            return
+        finite = torch.stack([torch.isfinite(loss) for _, loss, _ in self.pending])
+        if not bool(finite.all()):  # bool() syncs the GPU: once per check, not per step
+            step, _, parts = self.pending[int((~finite).nonzero()[0, 0])]
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch}, step {step}: {detail}. Lower the learning rate, "
+                "set grad_clip, or check the data with `raypose data check`."
+            )
+        self.pending.clear()
 
 
 def train_one_epoch(
@@ -52,6 +111,8 @@ def train_one_epoch(
     grad_clip: float | None = None,
     log_every: int = 20,
     steps: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+    cudnn_benchmark: bool = True,
 ) -> dict[str, float]:
     """Train for one epoch of ``steps`` optimizer steps (default: all full accumulation groups).
 
@@ -59,21 +120,42 @@ def train_one_epoch(
     by ``accumulate``, so one step equals one step on a batch ``accumulate`` times larger (the
     detection losses are means over the batch). Under DDP, gradients are all-reduced only on the
     last micro-batch of a step (``no_sync`` on the others). The scheduler steps once per
-    optimizer step. With a ``scaler`` (GPU), the forward runs under float16 autocast.
+    optimizer step.
+
+    Mixed precision: with an enabled ``scaler`` and no ``amp_dtype``, the forward runs under
+    float16 autocast (the default on GPU). ``amp_dtype=torch.bfloat16`` runs it under bfloat16
+    autocast, which needs no scaler (bfloat16 has float32's exponent range); it also works on
+    CPU. ``amp_dtype=torch.float16`` requires an enabled scaler.
+
+    Host syncs: on CUDA the loop syncs only every ``log_every`` optimizer steps and at the end
+    (non-finite check, log line), so the CPU can queue work ahead of the GPU; a non-finite loss
+    is then reported up to ``log_every`` steps late, naming the step where it happened. On CPU,
+    where a sync costs nothing, it checks every micro-batch. ``cudnn_benchmark`` sets
+    ``torch.backends.cudnn.benchmark`` on CUDA (autotuned convolutions, once per input shape).
 
     Returns:
         Means over micro-batches: ``train_loss`` and each loss component; ``lr`` at the end;
-        ``images``, ``seconds``, ``images_per_s``, ``optimizer_steps``.
+        ``images``, ``seconds`` (GPU work included), ``images_per_s``, ``optimizer_steps``; on
+        CUDA ``gpu_memory_peak_gib``, the process's peak allocated GPU memory so far.
 
     Raises:
         TrainingError: a non-finite loss, with every loss component in the message.
+        ValueError: ``amp_dtype=torch.float16`` without an enabled scaler.
     """
     model.train()
     if steps is None:
         steps = len(loader) // accumulate  # a trailing partial group is dropped
+    use_scaler = scaler is not None and scaler.is_enabled()
+    if amp_dtype is None and use_scaler:
+        amp_dtype = torch.float16
+    if amp_dtype == torch.float16 and not use_scaler:
+        raise ValueError("float16 autocast needs an enabled GradScaler (gradients underflow); or use bfloat16")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    check_every = log_every if device.type == "cuda" else 1  # 0: at the end of the epoch only
+    watch = _NonFiniteWatch()
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
     micro, images_seen, start = 0, 0, time.perf_counter()
-    use_amp = scaler is not None and scaler.is_enabled()
     batches = iter(loader)
     optimizer.zero_grad(set_to_none=True)
     for step in range(steps):
@@ -83,26 +165,33 @@ def train_one_epoch(
             no_sync = getattr(model, "no_sync", None)
             ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
             with ctx:
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                with _autocast(device.type, amp_dtype):
                     parts = model(images, targets)
                     loss = sum(parts.values())
-                _check_finite(loss, parts, epoch, step)
+                watch.add(step, loss, parts)
+                if device.type != "cuda":
+                    watch.check(epoch)
                 scaled = loss / accumulate
-                (scaler.scale(scaled) if use_amp else scaled).backward()
+                (scaler.scale(scaled) if use_scaler else scaled).backward()
             for name, value in parts.items():
                 sums[name] += value.detach().float()
             sums["train_loss"] += loss.detach().float()
             micro += 1
             images_seen += len(images)
-        _optimizer_step(model, optimizer, scaler if use_amp else None, grad_clip)
+        _optimizer_step(model, optimizer, scaler if use_scaler else None, grad_clip)
         scheduler.step()
+        if check_every and (step + 1) % check_every == 0:
+            watch.check(epoch)
         if log_every and (step + 1) % log_every == 0:
             log.info(
-                "epoch %d step %d/%d loss %.4f lr %.3g",
+                "epoch %d step %d/%d loss %.4f lr %.3g",  # .item() syncs the GPU, once per log line
                 epoch, step + 1, steps, sums["train_loss"].item() / micro, optimizer.param_groups[0]["lr"],
             )
+    watch.check(epoch)
+    metrics = {k: v.item() / max(micro, 1) for k, v in sums.items()}  # syncs: the time below includes the GPU work
     seconds = time.perf_counter() - start
-    metrics = {k: v.item() / max(micro, 1) for k, v in sums.items()}
+    if device.type == "cuda":  # allocator statistics: no sync
+        metrics["gpu_memory_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     metrics.update(
         lr=optimizer.param_groups[0]["lr"],
         images=images_seen,
@@ -116,6 +205,8 @@ def train_one_epoch(
 def _optimizer_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, grad_clip: float | None
 ) -> None:
+    # With a fused optimizer (CUDA default, see optim.build_optimizer) GradScaler hands the inf
+    # check to the kernel; with others scaler.step syncs the GPU once per step.
     if scaler is not None:
         if grad_clip:
             scaler.unscale_(optimizer)
@@ -129,6 +220,34 @@ def _optimizer_step(
     optimizer.zero_grad(set_to_none=True)
 
 
+def detect(model: nn.Module, images: list[torch.Tensor], autocast_dtype: torch.dtype | None = None) -> list[dict]:
+    """Eval-mode detections of a torchvision detection model, decoded in float32.
+
+    With ``autocast_dtype`` only the backbone (ResNet + FPN, most of the compute) runs under
+    autocast on the images' device; its features are cast back to float32 before the RPN and
+    ROI heads. Under whole-model float16 autocast torchvision decodes boxes in float16, which
+    rounds coordinates to 1 px above 1024 px (2 px above 2048); here they are decoded, like the
+    keypoints, in float32. Models that are not a ``GeneralizedRCNN`` run whole in float32.
+
+    Args:
+        images: (3, H, W) float tensors in [0, 1], on the model's device.
+
+    Returns:
+        Per image: ``boxes`` (N, 4) xyxy, ``labels`` (N,), ``scores`` (N,), ``keypoints``
+        (N, K, 3) ``(x, y, 1)``, ``keypoints_scores`` (N, K), in input-image pixels, float32.
+    """
+    if not isinstance(model, GeneralizedRCNN):
+        return model(images)
+    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    batch, _ = model.transform(images)
+    with _autocast(batch.tensors.device.type, autocast_dtype):
+        features = model.backbone(batch.tensors)
+    features = OrderedDict((name, f.float()) for name, f in features.items())
+    proposals, _ = model.rpn(batch, features)
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    return model.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
 @torch.inference_mode()
 def predict_loader(
     model: nn.Module,
@@ -136,20 +255,26 @@ def predict_loader(
     device: torch.device,
     amp: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    amp_dtype: torch.dtype = torch.float16,
 ) -> tuple[list[dict], list[int]]:
     """Eval-mode predictions for every image of ``loader`` (batches of ``(images, targets)``).
 
+    With ``amp`` on CUDA the backbone runs under ``amp_dtype`` autocast and everything after it,
+    box and keypoint decoding included, in float32 (see :func:`detect`); on CPU ``amp`` does
+    nothing.
+
     Returns:
-        ``(outputs, image_ids)``: per image a dict of CPU tensors (boxes (N, 4) xyxy, scores (N,),
-        keypoints (N, K, 3), keypoints_scores (N, K)) in the loader's image pixels, and its id.
+        ``(outputs, image_ids)``: per image a dict of float32 CPU tensors (boxes (N, 4) xyxy,
+        scores (N,), keypoints (N, K, 3), keypoints_scores (N, K)) in the loader's image pixels,
+        and its id.
     """
     was_training = model.training
     model.eval()
+    autocast_dtype = amp_dtype if amp and device.type == "cuda" else None
     outputs, image_ids = [], []
     for i, (images, targets) in enumerate(loader):
         images = [im.to(device, non_blocking=True) for im in images]
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            batch_out = model(images)
+        batch_out = detect(model, images, autocast_dtype)
         for out, target in zip(batch_out, targets):
             outputs.append({k: v.float().cpu() for k, v in out.items() if k != "labels"})
             image_ids.append(int(target["image_id"]))

@@ -70,10 +70,15 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
     return groups
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, config: OptimConfig, lr: float | None = None, fused: bool | None = None
+) -> torch.optim.Optimizer:
     """SGD (Nesterov off, as torchvision's recipe) or AdamW over the trainable parameters.
 
     ``lr`` is the effective lr (:func:`effective_lr`); ``None`` takes ``config.lr`` unscaled.
+    ``fused`` (default: when every trainable parameter is on CUDA) updates all parameters in one
+    kernel, and lets GradScaler skip its per-step host sync. Build the optimizer after moving
+    the model to its device.
 
     Raises:
         ValueError: the model has no trainable parameter (everything frozen).
@@ -82,9 +87,30 @@ def build_optimizer(model: nn.Module, config: OptimConfig, lr: float | None = No
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: the freeze level froze the whole model")
     lr = config.lr if lr is None else lr
+    if fused is None:
+        fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
     if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=lr, betas=config.betas)
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, fused=fused or None)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=config.betas, fused=fused or None)
+    _keep_implementation_on_load(optimizer)
+    return optimizer
+
+
+def _keep_implementation_on_load(optimizer: torch.optim.Optimizer) -> None:
+    """Keep ``fused``/``foreach`` as built when a saved state is loaded (a resume).
+
+    ``load_state_dict`` takes them from the checkpoint: a state saved on CPU would turn a fused
+    CUDA optimizer back to foreach, whose step then fails under GradScaler (which passes fused-only
+    arguments). Which kernel runs is a property of where the run runs, not of its checkpoint.
+    """
+    built = [{k: group.get(k) for k in ("fused", "foreach")} for group in optimizer.param_groups]
+
+    def restore(opt: torch.optim.Optimizer) -> None:
+        for group, flags in zip(opt.param_groups, built):
+            group.update(flags)
+
+    optimizer.register_load_state_dict_post_hook(restore)
 
 
 def _with_warmup(factor: Callable[[int], float], config: ScheduleConfig, warmup: int) -> Callable[[int], float]:

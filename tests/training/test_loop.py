@@ -99,3 +99,126 @@ def test_activation_stats_fraction_mean_std():
     assert stats.collect() == {}  # only training passes count
     with pytest.raises(KeyError, match="no module named 'layer9'"):
         ActivationStats(relu, ["layer9"])
+
+
+def test_non_finite_check_is_deferred_and_names_the_first_bad_step():
+    from raypose.training.loop import _NonFiniteWatch
+
+    watch = _NonFiniteWatch()
+    parts = {"loss_a": torch.tensor(1.0), "loss_b": torch.tensor(2.0)}
+    watch.add(0, torch.tensor(3.0), parts)
+    watch.check(epoch=1)  # all finite: nothing pending afterwards
+    assert watch.pending == []
+    watch.add(1, torch.tensor(3.0), parts)
+    watch.add(2, torch.tensor(float("inf")), {"loss_a": torch.tensor(float("inf")), "loss_b": torch.tensor(2.0)})
+    watch.add(3, torch.tensor(float("nan")), {"loss_a": torch.tensor(1.0), "loss_b": torch.tensor(float("nan"))})
+    with pytest.raises(TrainingError, match=r"epoch 5, step 2: loss_a=inf, loss_b=2"):
+        watch.check(epoch=5)
+
+
+def test_bfloat16_autocast_trains_without_a_scaler_and_float16_needs_one():
+    model = ToyDetector()
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=0.05))
+    loader = data(8, 2)
+    sched = build_scheduler(opt, ScheduleConfig(name="constant"), len(loader), 1)
+    before = next(model.parameters()).detach().clone()
+    metrics = train_one_epoch(model, opt, sched, loader, torch.device("cpu"), log_every=0, amp_dtype=torch.bfloat16)
+    assert metrics["optimizer_steps"] == 4 and 0 < metrics["train_loss"] < 10
+    assert not torch.equal(before, next(model.parameters()))
+    with pytest.raises(ValueError, match="float16 autocast needs an enabled GradScaler"):
+        train_one_epoch(model, opt, sched, loader, torch.device("cpu"), log_every=0, amp_dtype=torch.float16)
+
+
+# A KeypointRCNN small enough for CPU, on a 96 x 1100 strip: wide enough for x > 1024, where
+# float16 spaces numbers 1 px apart and bfloat16 8 px.
+STRIP_MODEL = {
+    "backbone": "resnet18", "weights": None, "backbone_weights": None, "norm": "batch",
+    "keypoint_head_channels": [32, 32], "box_head_size": 128, "min_size": [96], "max_size": 1100,
+}
+
+
+@pytest.fixture(scope="module")
+def strip_model():
+    from raypose.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**STRIP_MODEL)).eval()
+
+
+def _far_x(boxes: torch.Tensor) -> torch.Tensor:
+    """Box x coordinates in (1024, 1099): past float16's 1-px spacing, not clipped to the edge."""
+    x = boxes[:, [0, 2]].flatten()
+    return x[(x > 1024) & (x < 1099)]
+
+
+@torch.inference_mode()
+def test_detect_decodes_boxes_in_float32_with_an_autocast_backbone(strip_model):
+    from raypose.training.loop import detect
+
+    images = [torch.rand(3, 96, 1100, generator=torch.Generator().manual_seed(2))]
+    reference = strip_model(images)[0]
+    plain = detect(strip_model, images)[0]
+    for key, value in reference.items():  # without autocast: exactly torchvision's forward
+        assert torch.equal(plain[key], value), key
+    # bfloat16 on CPU stands in for float16 on GPU: the same autocast path, coarser rounding
+    mixed = detect(strip_model, images, autocast_dtype=torch.bfloat16)[0]
+    assert {k: v.dtype for k, v in mixed.items() if k != "labels"} == dict.fromkeys(
+        ["boxes", "scores", "keypoints", "keypoints_scores"], torch.float32
+    )
+    far = _far_x(mixed["boxes"])
+    assert len(far) > 5 and (far != far.round()).float().mean() > 0.9  # not on a 1-px (or 8-px) grid
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # whole-model autocast rounds: what detect avoids
+        rounded = _far_x(strip_model(images)[0]["boxes"].float())
+    assert len(rounded) > 5 and torch.all(rounded % 8 == 0)
+
+
+def test_predict_loader_returns_float32_cpu_outputs(strip_model):
+    from raypose.training.loop import predict_loader
+
+    g = torch.Generator().manual_seed(3)
+    loader = [([torch.rand(3, 96, 1100, generator=g)], [{"image_id": 7}])]
+    outputs, ids = predict_loader(strip_model, loader, torch.device("cpu"), amp=True)
+    assert ids == [7] and "labels" not in outputs[0]
+    for key, value in outputs[0].items():
+        assert value.dtype == torch.float32 and value.device.type == "cpu", key
+    assert outputs[0]["keypoints"].shape[1:] == (23, 3)
+
+
+@torch.inference_mode()
+def test_place_model_channels_last_matches_and_compile_keeps_state_dict_keys(strip_model):
+    import copy
+
+    from raypose.training.loop import place_model
+
+    images = [torch.rand(3, 96, 1100, generator=torch.Generator().manual_seed(4))]
+    expected = strip_model(images)[0]
+    nhwc = place_model(copy.deepcopy(strip_model), torch.device("cpu"), channels_last=True)
+    conv = nhwc.backbone.body.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    got = nhwc(images)[0]
+    torch.testing.assert_close(got["scores"], expected["scores"], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=1e-4, atol=1e-2)
+    # compiling is lazy (nothing compiles until a forward), and in place: checkpoints keep their keys
+    compiled = place_model(copy.deepcopy(strip_model), torch.device("cpu"), compile_backbone=True)
+    assert list(compiled.state_dict()) == list(strip_model.state_dict())
+    with pytest.raises(ValueError, match="has no .backbone"):
+        place_model(ToyDetector(), torch.device("cpu"), compile_backbone=True)
+
+
+def test_channels_last_backbone_trains():
+    """torchvision's keypoint loss views the head's logits: only the backbone may be NHWC."""
+    from raypose.model import ModelConfig, build_model
+    from raypose.training.loop import place_model
+
+    torch.manual_seed(0)
+    model = place_model(build_model(ModelConfig(**STRIP_MODEL)), torch.device("cpu"), channels_last=True)
+    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(1, 23, 2, generator=g) * torch.tensor([60.0, 50.0]) + 20
+    target = {"boxes": torch.cat([xy.min(1).values - 5, xy.max(1).values + 5], 1),
+              "labels": torch.ones(1, dtype=torch.int64), "keypoints": torch.cat([xy, torch.full((1, 23, 1), 2.0)], -1)}
+    opt = build_optimizer(model, OptimConfig(name="sgd", lr=0.001))
+    sched = build_scheduler(opt, ScheduleConfig(name="constant"), 1, 1)
+    loader = [([torch.rand(3, 96, 128, generator=g)], [target])]
+    metrics = train_one_epoch(model, opt, sched, loader, torch.device("cpu"), log_every=0)
+    assert metrics["optimizer_steps"] == 1 and metrics["loss_keypoint"] > 0

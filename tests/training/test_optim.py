@@ -155,3 +155,21 @@ def test_scaled_lr_reaches_the_optimizer_and_onecycle_peak():
     assert peak == pytest.approx(0.01, rel=1e-3)
     no_max = train_config(batch_size=2, workers=0, schedule={"name": "onecycle"})
     assert effective_max_lr(no_max) == pytest.approx(0.0025)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_only_on_cuda_by_default_and_kept_when_a_state_is_loaded(name):
+    m = model()
+    cpu_opt = build_optimizer(m, OptimConfig(name=name))  # CPU parameters: torch's default kernels
+    assert not cpu_opt.param_groups[0]["fused"]
+    m(torch.randn(2, 3, 3, 3)).sum().backward()
+    cpu_opt.step()
+    # a resume on GPU: the optimizer is fused, the saved state is not (CPU fused kernels stand in here)
+    fused = build_optimizer(m, OptimConfig(name=name), fused=True)
+    fused.load_state_dict(cpu_opt.state_dict())
+    assert all(g["fused"] for g in fused.param_groups)
+    # GradScaler hands fused optimizers these two; a foreach step would reject them
+    fused.grad_scale, fused.found_inf = torch.tensor(1.0), torch.tensor(0.0)
+    before = m[0].weight.detach().clone()
+    fused.step()
+    assert not torch.equal(before, m[0].weight)
