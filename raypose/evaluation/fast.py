@@ -150,13 +150,24 @@ def same_image_pairs(data: CategoryData) -> tuple[np.ndarray, np.ndarray]:
     return pair_dt, pair_gt
 
 
-def pair_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_oks(
+    data: CategoryData, sigmas: np.ndarray, min_oks: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OKS for every (kept detection, ground truth) pair in the same image.
+
+    Args:
+        min_oks: keep only the pairs with OKS >= this (exact values; matching at thresholds
+            >= ``min_oks`` never looks at the others). A rounding-tolerant float64 estimate picks
+            the pairs first, so the exact, order-preserving OKS is computed for those only.
 
     Returns:
         ``(pair_dt, pair_gt, oks)``, each (P,): detection index, ground-truth index, OKS.
     """
     pair_dt, pair_gt = same_image_pairs(data)
+    if min_oks is not None and len(pair_dt):
+        estimate = _oks_estimate(data, pair_dt, pair_gt, sigmas)
+        likely = estimate >= min_oks - 1e-9
+        pair_dt, pair_gt = pair_dt[likely], pair_gt[likely]
     oks = oks_pairs(
         data.dt_kpts[pair_dt],
         data.gt_kpts[pair_gt],
@@ -164,7 +175,30 @@ def pair_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.nda
         data.gt_areas[pair_gt],
         sigmas,
     )
+    if min_oks is not None:
+        keep = oks >= min_oks
+        pair_dt, pair_gt, oks = pair_dt[keep], pair_gt[keep], oks[keep]
     return pair_dt, pair_gt, oks
+
+
+def _oks_estimate(data: CategoryData, pair_dt: np.ndarray, pair_gt: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """OKS of each pair up to rounding (~1e-15): masked mean instead of pycocotools' compacted sum.
+
+    Pairs whose person labels nothing get +inf (always kept: their exact OKS is cheap).
+    """
+    visible = data.gt_kpts[:, :, 2][pair_gt] > 0  # (P, K); x and y gathered as planes, not (P, K, 3)
+    dx = data.dt_kpts[:, :, 0][pair_dt] - data.gt_kpts[:, :, 0][pair_gt]
+    dy = data.dt_kpts[:, :, 1][pair_dt] - data.gt_kpts[:, :, 1][pair_gt]
+    dx *= dx
+    dy *= dy
+    dx += dy
+    dx /= (np.asarray(sigmas, dtype=np.float64) * 2) ** 2
+    dx /= ((data.gt_areas[pair_gt] + np.spacing(1)) * 2)[:, None]
+    np.negative(dx, out=dx)
+    np.exp(dx, out=dx)
+    dx[~visible] = 0.0
+    count = visible.sum(axis=1)
+    return np.where(count > 0, dx.sum(axis=1) / np.maximum(count, 1), np.inf)
 
 
 def _outside(areas: np.ndarray, area_rngs: np.ndarray) -> np.ndarray:
@@ -178,21 +212,35 @@ def match(
     area_rngs: np.ndarray,
     oks_thrs: np.ndarray,
 ) -> MatchResult:
-    """pycocotools' ``evaluateImg`` greedy matching, for all images, areas and thresholds at once."""
+    """pycocotools' ``evaluateImg`` greedy matching, for all images, areas and thresholds at once.
+
+    Only pairs with OKS >= the lowest threshold can match; detections without such a pair never
+    take a ground truth, so they are left out of the greedy loop (which keeps its order).
+    """
     area_rngs = np.asarray(area_rngs, dtype=np.float64).reshape(-1, 2)
     num_a, num_t, num_dt = len(area_rngs), len(oks_thrs), len(data.dt_img)
     gt_ignore = data.gt_ignore[None, :] | _outside(data.gt_areas, area_rngs)
     dt_gt = np.full((num_a, num_t, num_dt), -1, dtype=np.int64)
     thresholds = np.minimum(np.asarray(oks_thrs, dtype=np.float64), 1 - 1e-10)
 
-    gt_count = np.bincount(data.gt_img, minlength=data.num_images)
-    dt_count = np.bincount(data.dt_img, minlength=data.num_images)
-    both = np.flatnonzero((gt_count > 0) & (dt_count > 0))
-    # Bucket images by ground-truth count (powers of two) so padding stays small.
-    bucket_of = np.ceil(np.log2(np.maximum(gt_count[both], 1))).astype(np.int64)
-    for b in np.unique(bucket_of):
-        images = both[bucket_of == b]
-        _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt)
+    pair_dt, pair_gt, oks = pairs
+    if num_t and len(oks):
+        usable = oks >= thresholds.min()
+        candidates = (pair_dt[usable], pair_gt[usable], oks[usable])
+        # Rank among the image's candidate detections (detections are sorted by image, then score).
+        cand_dt = np.unique(candidates[0])
+        cand_img = data.dt_img[cand_dt]
+        cand_rank = np.arange(len(cand_dt)) - np.searchsorted(cand_img, cand_img, side="left")
+        rank_of = np.full(num_dt, -1, dtype=np.int64)
+        rank_of[cand_dt] = cand_rank
+        gt_count = np.bincount(data.gt_img, minlength=data.num_images)
+        cand_count = np.bincount(cand_img, minlength=data.num_images)
+        both = np.flatnonzero(cand_count > 0)
+        # Bucket images by ground-truth count (powers of two) so padding stays small.
+        bucket_of = np.ceil(np.log2(np.maximum(gt_count[both], 1))).astype(np.int64)
+        for b in np.unique(bucket_of):
+            images = both[bucket_of == b]
+            _match_bucket(data, candidates, rank_of, cand_count, images, gt_ignore, thresholds, dt_gt)
 
     matched_any = dt_gt >= 0
     safe = np.where(matched_any, dt_gt, 0)
@@ -205,25 +253,28 @@ def match(
     return MatchResult(dt_gt=dt_gt, dt_matched=dt_matched, dt_ignore=dt_ignore, gt_ignore=gt_ignore)
 
 
-def _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt) -> None:
-    """Greedy matching of the images in one bucket; writes ``dt_gt`` in place."""
+def _match_bucket(data, pairs, rank_of, cand_count, images, gt_ignore, thresholds, dt_gt) -> None:
+    """Greedy matching of the images in one bucket; writes ``dt_gt`` in place.
+
+    ``rank_of[d]`` is detection d's rank among its image's candidate detections (-1: none).
+    """
     pair_dt, pair_gt, oks = pairs
     num_img = data.num_images
     gt_count = np.bincount(data.gt_img, minlength=num_img)
     gt_start = np.cumsum(gt_count) - gt_count
-    dt_count = np.bincount(data.dt_img, minlength=num_img)
-    dt_start = np.cumsum(dt_count) - dt_count
-    # Images with more detections first, so rank r only touches a prefix of the rows.
-    images = images[np.argsort(-dt_count[images], kind="stable")]
+    # Images with more candidates first, so rank r only touches a prefix of the rows.
+    images = images[np.argsort(-cand_count[images], kind="stable")]
     rows = np.full(num_img, -1, dtype=np.int64)
     rows[images] = np.arange(len(images))
-    num_rows, width, depth = len(images), int(gt_count[images].max()), int(dt_count[images].max())
+    num_rows, width, depth = len(images), int(gt_count[images].max()), int(cand_count[images].max())
 
     in_bucket = rows[data.dt_img[pair_dt]] >= 0
     p_dt, p_gt = pair_dt[in_bucket], pair_gt[in_bucket]
     p_row = rows[data.dt_img[p_dt]]
     table = np.full((depth, num_rows, width), -np.inf)
-    table[data.dt_rank[p_dt], p_row, p_gt - gt_start[data.gt_img[p_gt]]] = oks[in_bucket]
+    table[rank_of[p_dt], p_row, p_gt - gt_start[data.gt_img[p_gt]]] = oks[in_bucket]
+    det_at = np.zeros((depth, num_rows), dtype=np.int64)
+    det_at[rank_of[p_dt], p_row] = p_dt
 
     cols = np.arange(width)
     gt_index = gt_start[images][:, None] + cols[None, :]  # (rows, width)
@@ -233,7 +284,7 @@ def _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt) -> None:
     regular = ~gt_ignore[:, gt_index] & valid[None]
     reusable = data.gt_crowd[gt_index] | ~valid  # padding is never "taken"
     taken = np.zeros((gt_ignore.shape[0], len(thresholds), num_rows, width), dtype=bool)
-    counts = dt_count[images]
+    counts = cand_count[images]
     for r in range(depth):
         n = int(np.count_nonzero(counts > r))
         o = table[r, :n]  # (n, width)
@@ -248,8 +299,7 @@ def _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt) -> None:
         has = cand.any(-1)
         a_i, t_i, row_i = np.nonzero(has)
         taken[a_i, t_i, row_i, m[a_i, t_i, row_i]] = True
-        dts = dt_start[images[:n]] + r
-        dt_gt[:, :, dts] = np.where(has, gt_index[np.arange(n)[None, None], m], -1)
+        dt_gt[:, :, det_at[r, :n]] = np.where(has, gt_index[np.arange(n)[None, None], m], -1)
 
 
 def accumulate(
@@ -325,7 +375,7 @@ class FastKeypointCOCOeval(COCOeval):
         self.category_data, self.matches, self.pairs = {}, {}, {}
         for cat_id in p.catIds:
             data = prepare_category(self.cocoGt, self.cocoDt, p.imgIds, cat_id, p.maxDets[-1], len(sigmas))
-            pairs = pair_oks(data, sigmas)
+            pairs = pair_oks(data, sigmas, min_oks=float(np.min(p.iouThrs)))
             self.category_data[cat_id] = data
             self.pairs[cat_id] = pairs
             self.matches[cat_id] = match(data, pairs, np.asarray(p.areaRng), p.iouThrs)
