@@ -278,7 +278,10 @@ def _numbers(
     values: list, source: str, item: str, field: str, integer: bool = False, labels: list[str] | None = None
 ) -> np.ndarray:
     """(N,) array of plain JSON numbers (integers if ``integer``); anything else raises with the item."""
-    arr = np.array(values) if values else np.zeros(0, dtype=np.int64 if integer else np.float64)
+    try:
+        arr = np.array(values) if values else np.zeros(0, dtype=np.int64 if integer else np.float64)
+    except ValueError:  # ragged: some value is a list
+        arr = np.zeros((0, 0))
     kinds = "iu" if integer else "iuf"
     if arr.dtype.kind not in kinds or arr.ndim != 1 or (not integer and any(type(v) is bool for v in values)):
         n, value = _first_bad(values, integer)
