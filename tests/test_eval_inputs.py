@@ -260,3 +260,39 @@ def test_in_memory_evaluation_with_a_cached_ground_truth(case, tmp_path):
     path.write_text(json.dumps(dict(gt, images=gt["images"] + [extra])))
     assert len(cached_ground_truth(path).image_ids) == len(gt["images"]) + 1  # changed file: read again
     assert len(ground_truth(gt).image_ids) == len(gt["images"])
+
+
+def _outputs(gt: dict, dets: list[dict]) -> tuple[list[dict], list[int]]:
+    """KeypointRCNN-like outputs (numpy) of the synthetic detections, one dict per image."""
+    outputs, ids = [], []
+    for img in gt["images"]:
+        mine = [d for d in dets if d["image_id"] == img["id"]]
+        boxes = np.array([d["bbox"] for d in mine], dtype=np.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        outputs.append({
+            "boxes": boxes,
+            "scores": np.array([d["score"] for d in mine]),
+            "keypoints": np.array([d["keypoints"] for d in mine]).reshape(len(mine), 17, 3),
+        })  # fmt: skip
+        ids.append(img["id"])
+    return outputs, ids
+
+
+def test_evaluate_in_memory_equals_the_results_file_path(case, tmp_path):
+    from raypose.evaluation.cocoeval import evaluate_in_memory, outputs_to_arrays, outputs_to_coco_results
+
+    gt, dets = case
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    outputs, ids = _outputs(gt, dets)
+    results = outputs_to_coco_results(outputs, ids)
+    expected = evaluate_keypoints(path, results, image_ids=ids[1:], per_keypoint=False)
+    # Two "ranks": each holds every other image, gathered in rank order as run.py does.
+    parts = [outputs_to_arrays(outputs[r::2], ids[r::2]) for r in range(2)]
+    order = [i for r in range(2) for i in range(r, len(ids), 2)]
+    ranked = outputs_to_coco_results([outputs[i] for i in order], [ids[i] for i in order])
+    got = evaluate_in_memory(path, parts, image_ids=ids[1:])
+    assert got.stats == evaluate_keypoints(path, ranked, image_ids=ids[1:], per_keypoint=False).stats
+    assert [got.stats[n] for n in STAT_NAMES] == [expected.stats[n] for n in STAT_NAMES]
+    assert got.num_dets == expected.num_dets and 0 < got.stats["AP"] < 1
+    assert evaluate_in_memory(path, [outputs_to_arrays([], [])]).stats["AP"] == 0.0

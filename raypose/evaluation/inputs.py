@@ -533,3 +533,56 @@ def category_data(
         dt_ids=(dets.file_index[kept] + 1).astype(np.float64),  # loadRes numbers results 1.. in file order
     )
     return data, kept
+
+
+def detections_from_arrays(
+    truth: GroundTruth,
+    image_ids: np.ndarray,
+    keypoints: np.ndarray,
+    scores: np.ndarray,
+    boxes: np.ndarray | None = None,
+    source: str = "<in-memory detections>",
+) -> Detections:
+    """:class:`Detections` from arrays, as :func:`detections_from_list` would give for the same
+    results written as COCO dicts (same order, same areas), without building the dicts.
+
+    Args:
+        image_ids: (N,) COCO image ids; keypoints: (N, K, 3) ``(x, y, v)`` pixels; scores: (N,);
+        boxes: (N, 4) ``[x, y, w, h]`` or None (then areas come from the keypoints' extent).
+
+    Raises:
+        InputError: shapes that disagree with the ground truth, non-finite values, unknown image ids.
+    """
+    image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+    num = len(image_ids)
+    kpts = np.asarray(keypoints, dtype=np.float64)
+    kpts = kpts.reshape(num, -1, 3) if num else np.zeros((0, truth.num_keypoints, 3))
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if kpts.shape[1] != truth.num_keypoints or len(scores) != num:
+        raise InputError(
+            f"{source}: {num} detections with {kpts.shape[1]} keypoints and {len(scores)} scores; the ground "
+            f"truth {truth.source} has {truth.num_keypoints} keypoints: one score and K keypoints per detection"
+        )
+    bad = ~np.isfinite(kpts).all(axis=(1, 2)) | ~np.isfinite(scores)
+    if bad.any():
+        raise InputError(f"{source}: detection {int(np.argmax(bad))}: non-finite keypoint or score")
+    pos = _positions(image_ids, truth.image_ids)
+    if (pos < 0).any():
+        raise InputError(
+            f"{source}: image id(s) {sorted(set(image_ids[pos < 0].tolist()))[:10]} are not in the ground truth "
+            f"{truth.source}"
+        )
+    if boxes is not None and num:
+        wh = np.asarray(boxes, dtype=np.float64).reshape(num, 4)[:, 2:]
+        areas = wh[:, 0] * wh[:, 1]
+    else:
+        areas = _areas([], np.arange(num), kpts, source)
+    return Detections(
+        source=source,
+        image_pos=pos,
+        keypoints=kpts,
+        scores=scores,
+        areas=areas,
+        file_index=np.arange(num, dtype=np.int64),
+        keypoint_scores=None,
+    )
