@@ -145,6 +145,8 @@ BAD_GROUND_TRUTH = [
     (_labelled_area_zero, "1 labelled person\\(s\\) have area 0"),
     (_without("annotations"), "no 'annotations' field"),
     (_without("categories"), "no 'categories' field"),
+    (lambda gt: dict(gt, annotations=[]), "no annotation of the person category 1"),
+    (lambda gt: dict(gt, categories=[{"id": 1, "name": "person"}]), "no category with a 'keypoints' list"),
     (_missing_field("area"), "annotation id 4 .* lacks area"),
     (_missing_field("num_keypoints"), "annotation id 4 .* lacks num_keypoints"),
 ]

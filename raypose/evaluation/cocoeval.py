@@ -1,12 +1,17 @@
 """OKS-mAP evaluation of keypoint detections with pycocotools' numbers.
 
-:func:`evaluate_keypoints` runs ``COCOeval(iouType="keypoints")`` (or the bit-identical vectorised
-:class:`raypose.evaluation.fast.FastKeypointCOCOeval`, the default) with the schema's OKS sigmas
-(17 or 23 keypoints) and returns a :class:`KeypointEvalResult`: the 10 summary numbers, the
-precision/recall arrays (PR curves at OKS 0.50:0.05:0.95) and a per-keypoint breakdown.
+:func:`evaluate_keypoints` reads and checks both files once (:mod:`raypose.evaluation.inputs`),
+then scores the ground truth's person category with the schema's OKS sigmas (17 or 23 keypoints)
+and returns a :class:`KeypointEvalResult`: the 10 summary numbers, the precision/recall arrays (PR
+curves at OKS 0.50:0.05:0.95) and a per-keypoint breakdown. The default engine works on flat
+arrays (:mod:`raypose.evaluation.fast`) and builds no pycocotools object; ``fast=False`` runs
+pycocotools' ``COCOeval`` on the same checked inputs. Both give bit-identical numbers.
 
-Inputs are checked before pycocotools sees them, so a bad file gives an :class:`InputError`
-naming the file and the offending id instead of an ``AssertionError`` or ``KeyError``.
+:func:`evaluate_in_memory` is the per-epoch evaluation: detections as arrays, the ground truth
+parsed once per process.
+
+A bad file gives an :class:`InputError` naming the file, the detection index or annotation id,
+the field and the fix, instead of a traceback or a wrong number.
 """
 
 from __future__ import annotations
@@ -117,6 +122,8 @@ def load_coco_gt(gt: str | Path | dict | COCO | GroundTruth) -> COCO:
         InputError: see :func:`raypose.evaluation.inputs.ground_truth_from_dict`.
     """
     truth = _ground_truth(gt)
+    if truth.dataset is None:
+        raise ValueError(f"{truth.source}: a cached ground truth keeps no JSON for pycocotools; use inputs.ground_truth")
     dataset = dict(truth.dataset)
     dataset["annotations"] = [dict(a) for a in dataset["annotations"]]
     coco = COCO()

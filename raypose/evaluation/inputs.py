@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,7 +37,7 @@ class GroundTruth:
     """The person category of a COCO keypoint file; people sorted by image (sorted ids), then file order."""
 
     source: str
-    dataset: dict  # the parsed file, for pycocotools (--slow)
+    dataset: dict | None  # the parsed file, for pycocotools (--slow); None in cached copies
     category_id: Any
     keypoint_names: tuple[str, ...]
     image_ids: np.ndarray  # (I,) int64, sorted
@@ -84,13 +84,15 @@ def ground_truth(gt: str | os.PathLike | dict) -> GroundTruth:
 
 @functools.lru_cache(maxsize=4)
 def _cached(path: str, mtime_ns: int, size: int) -> GroundTruth:
-    return ground_truth(path)
+    return replace(ground_truth(path), dataset=None)  # the arrays are all the fast path needs
 
 
 def cached_ground_truth(path: str | os.PathLike) -> GroundTruth:
     """:func:`ground_truth` of a file, parsed once per process while the file is unchanged.
 
     For the per-epoch evaluation: the validation file is read and checked on the first call only.
+    The copy keeps the arrays, not the parsed JSON (``dataset`` is None), so it serves the fast
+    evaluator only.
     """
     stat = Path(path).stat() if Path(path).is_file() else None
     if stat is None:
@@ -126,6 +128,11 @@ def ground_truth_from_dict(data: Any, source: str) -> GroundTruth:
     names = tuple(str(n) for n in category["keypoints"])
     image_ids, file_names, widths, heights = _parse_images(data["images"], source)
     anns = _person_annotations(data, category, source)
+    if not anns:
+        raise InputError(
+            f"{source}: no annotation of the person category {category['id']!r}; with no people every number "
+            "would be -1: evaluate against a ground truth that labels people"
+        )
     order = np.argsort(image_ids, kind="stable")
     image_ids = image_ids[order]
     arrays = _gt_arrays(anns, image_ids, len(names), source)
