@@ -478,7 +478,7 @@ def _areas(dets: list, kept: np.ndarray, kpts: np.ndarray, source: str) -> np.nd
     if len(kpts) == 0:
         return np.zeros(0, dtype=np.float64)
     # pycocotools takes np.min/np.max of the x and y lists: the same float64 values.
-    x, y = kpts[:, :, 0], kpts[:, :, 1]
+    x, y = np.ascontiguousarray(kpts[:, :, 0]), np.ascontiguousarray(kpts[:, :, 1])
     return (x.max(1) - x.min(1)) * (y.max(1) - y.min(1))
 
 
