@@ -22,10 +22,9 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
 from raypose.errors import InputError
@@ -35,6 +34,9 @@ from raypose.evaluation.inputs import Detections, GroundTruth
 from raypose.evaluation.oks import keypoint_similarity_pairs
 from raypose.io import load_json
 from raypose.schema import schema_for
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ def load_coco_gt(gt: str | Path | dict | COCO | GroundTruth) -> COCO:
     Raises:
         InputError: see :func:`raypose.evaluation.inputs.ground_truth_from_dict`.
     """
+    from pycocotools.coco import COCO  # here: it imports urllib and http, ~0.1 s the fast path skips
+
     truth = _ground_truth(gt)
     if truth.dataset is None:
         raise ValueError(f"{truth.source}: a cached ground truth keeps no JSON for pycocotools; use inputs.ground_truth")
@@ -136,7 +140,7 @@ def load_coco_gt(gt: str | Path | dict | COCO | GroundTruth) -> COCO:
 def _ground_truth(gt: str | Path | dict | COCO | GroundTruth) -> GroundTruth:
     if isinstance(gt, GroundTruth):
         return gt
-    if isinstance(gt, COCO):
+    if not isinstance(gt, (str, Path, dict)) and isinstance(getattr(gt, "dataset", None), dict):  # a COCO
         return inputs.ground_truth_from_dict(gt.dataset, "<ground-truth COCO>")
     return inputs.ground_truth(gt)
 
@@ -279,6 +283,8 @@ def _pycocotools(truth: GroundTruth, found: Detections, params: Params) -> tuple
     if found.records is None:
         raise ValueError("fast=False needs detections loaded with keep_records=True")
     coco_gt = load_coco_gt(truth)
+    from pycocotools.coco import COCO
+
     with _quiet():
         if found.records:
             # loadRes writes id/area/bbox into the dicts: give it copies.

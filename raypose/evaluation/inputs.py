@@ -290,7 +290,7 @@ def _numbers(
     except ValueError:  # ragged: some value is a list
         arr = np.zeros((0, 0))
     kinds = "iu" if integer else "iuf"
-    if arr.dtype.kind not in kinds or arr.ndim != 1 or (not integer and any(type(v) is bool for v in values)):
+    if arr.dtype.kind not in kinds or arr.ndim != 1 or (not integer and bool in set(map(type, values))):
         n, value = _first_bad(values, integer)
         n = max(n, 0)
         name = labels[n] if labels else str(n)
