@@ -353,34 +353,29 @@ def accumulate(
     recall = -np.ones((num_t, num_a, num_m))
     scores = -np.ones((num_t, num_r, num_a, num_m))
     for m, max_det in enumerate(max_dets):
-        keep = data.dt_rank < max_det
-        dt_scores = data.dt_scores[keep]
-        order = np.argsort(-dt_scores, kind="mergesort")
-        sorted_scores = dt_scores[order]
+        keep = np.flatnonzero(data.dt_rank < max_det)
+        order = keep[np.argsort(-data.dt_scores[keep], kind="mergesort")]
+        sorted_scores = data.dt_scores[order]
+        nd = len(order)
         for a in range(num_a):
             npig = np.count_nonzero(result.gt_ignore[a] == 0)
             if npig == 0:
                 continue
-            matched = result.dt_matched[a][:, keep][:, order]
-            ignore = result.dt_ignore[a][:, keep][:, order]
-            tp_sum = np.cumsum(matched & ~ignore, axis=1).astype(dtype=float)
-            fp_sum = np.cumsum(~matched & ~ignore, axis=1).astype(dtype=float)
-            nd = tp_sum.shape[1]
+            matched = result.dt_matched[a][:, order]  # (T, nd)
+            counted = ~result.dt_ignore[a][:, order]
+            tp = np.cumsum(matched & counted, axis=1).astype(dtype=float)
+            fp = np.cumsum(~matched & counted, axis=1).astype(dtype=float)
+            # pycocotools' per-threshold arithmetic, all thresholds at once (elementwise identical).
+            rc = tp / npig
+            pr = tp / (fp + tp + np.spacing(1))
+            recall[:, a, m] = rc[:, -1] if nd else 0
+            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
             for t in range(num_t):
-                tp, fp = tp_sum[t], fp_sum[t]
-                rc = tp / npig
-                pr = tp / (fp + tp + np.spacing(1))
-                recall[t, a, m] = rc[-1] if nd else 0
-                pr = np.maximum.accumulate(pr[::-1])[::-1]
-                inds = np.searchsorted(rc, rec_thrs, side="left")
+                inds = np.searchsorted(rc[t], rec_thrs, side="left")
                 # pycocotools fills recall thresholds up to the first one past the curve's end.
                 ok = inds < nd
-                q = np.zeros(num_r)
-                ss = np.zeros(num_r)
-                q[ok] = pr[inds[ok]]
-                ss[ok] = sorted_scores[inds[ok]]
-                precision[t, :, a, m] = q
-                scores[t, :, a, m] = ss
+                precision[t, :, a, m] = np.where(ok, pr[t, np.minimum(inds, nd - 1)], 0.0) if nd else 0.0
+                scores[t, :, a, m] = np.where(ok, sorted_scores[np.minimum(inds, nd - 1)], 0.0) if nd else 0.0
     return precision, recall, scores
 
 
