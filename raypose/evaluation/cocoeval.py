@@ -32,7 +32,7 @@ from raypose.evaluation import fast as fast_eval
 from raypose.evaluation import inputs
 from raypose.evaluation.inputs import Detections, GroundTruth
 from raypose.evaluation.oks import keypoint_similarity_pairs
-from raypose.io import load_json
+from raypose.io import load_json, paused_gc
 from raypose.schema import schema_for
 
 if TYPE_CHECKING:
@@ -203,12 +203,14 @@ def evaluate_keypoints(
         InputError: unreadable files, keypoint counts that disagree, unknown image ids, wrongly typed
             values, ground truth pycocotools would score wrongly, and the like.
     """
-    truth = _ground_truth(gt)
-    det_list, det_source = _load_dets(dets)
-    sigmas = _resolve_sigmas(sigmas, truth)
-    _check_counts(_det_keypoint_count(det_list), truth.num_keypoints, len(sigmas), det_source)
-    found = inputs.detections_from_list(det_list, truth, det_source, keep_records=not fast)
-    return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint, fast)
+    # The parsed files stay alive until the end: without the pause, every collection would walk them.
+    with paused_gc():
+        truth = _ground_truth(gt)
+        det_list, det_source = _load_dets(dets)
+        sigmas = _resolve_sigmas(sigmas, truth)
+        _check_counts(_det_keypoint_count(det_list), truth.num_keypoints, len(sigmas), det_source)
+        found = inputs.detections_from_list(det_list, truth, det_source, keep_records=not fast)
+        return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint, fast)
 
 
 def evaluate_detections(

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 GT_KEYS = ("id", "image_id", "category_id", "keypoints", "num_keypoints", "iscrowd", "area", "bbox")
 DET_KEYS = ("image_id", "category_id", "keypoints", "score")
+_GT_KEY_SET = frozenset(GT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,8 @@ def _person_annotations(data: dict, category: dict, source: str) -> list[dict]:
     for n, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise InputError(f"{source}: annotation #{n} is not an object")
-        missing = [k for k in GT_KEYS if k not in ann]
-        if missing:
+        if not ann.keys() >= _GT_KEY_SET:
+            missing = [k for k in GT_KEYS if k not in ann]
             raise InputError(
                 f"{source}: annotation {_ann_name(ann, n)} lacks {', '.join(missing)}; keypoint ground truth "
                 f"needs {', '.join(GT_KEYS)} in every annotation"
