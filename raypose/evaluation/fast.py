@@ -304,38 +304,42 @@ def _match_bucket(data, pairs, rank_of, cand_count, images, gt_ignore, threshold
     rows[images] = np.arange(len(images))
     num_rows, width, depth = len(images), int(gt_count[images].max()), int(cand_count[images].max())
 
+    # Layout (width, areas, thresholds, rows): the reductions over a row's ground truths run over the
+    # leading axis, i.e. elementwise across contiguous slices, not along a tiny last axis.
     in_bucket = rows[data.dt_img[pair_dt]] >= 0
     p_dt, p_gt = pair_dt[in_bucket], pair_gt[in_bucket]
     p_row = rows[data.dt_img[p_dt]]
-    table = np.full((depth, num_rows, width), -np.inf)
-    table[rank_of[p_dt], p_row, p_gt - gt_start[data.gt_img[p_gt]]] = oks[in_bucket]
+    table = np.full((depth, width, num_rows), -np.inf)
+    table[rank_of[p_dt], p_gt - gt_start[data.gt_img[p_gt]], p_row] = oks[in_bucket]
     det_at = np.zeros((depth, num_rows), dtype=np.int64)
     det_at[rank_of[p_dt], p_row] = p_dt
 
     cols = np.arange(width)
-    gt_index = gt_start[images][:, None] + cols[None, :]  # (rows, width)
-    valid = cols[None, :] < gt_count[images][:, None]
-    gt_index = np.where(valid, gt_index, 0)
-    ignored = gt_ignore[:, gt_index] & valid[None]  # (A, rows, width)
-    regular = ~gt_ignore[:, gt_index] & valid[None]
+    valid = cols[:, None] < gt_count[images][None, :]  # (width, rows)
+    gt_index = np.where(valid, gt_start[images][None, :] + cols[:, None], 0)
+    ignore = gt_ignore[:, gt_index].transpose(1, 0, 2)  # (width, A, rows)
+    ignored = ignore & valid[:, None]
+    regular = ~ignore & valid[:, None]
     reusable = data.gt_crowd[gt_index] | ~valid  # padding is never "taken"
-    taken = np.zeros((gt_ignore.shape[0], len(thresholds), num_rows, width), dtype=bool)
+    num_a, num_t = gt_ignore.shape[0], len(thresholds)
+    taken = np.zeros((width, num_a, num_t, num_rows), dtype=bool)
     counts = cand_count[images]
     for r in range(depth):
         n = int(np.count_nonzero(counts > r))
-        o = table[r, :n]  # (n, width)
-        free = ~(taken[:, :, :n] & ~reusable[None, None, :n])
-        good = free & (o[None, None] >= thresholds[None, :, None, None])
-        first = good & regular[:, None, :n]
-        second = good & ignored[:, None, :n]
-        cand = np.where(first.any(-1, keepdims=True), first, second)
-        value = np.where(cand, o[None, None], -np.inf)
-        best = cand & (value == value.max(-1, keepdims=True))
-        m = width - 1 - np.argmax(best[..., ::-1], axis=-1)  # last index on ties
-        has = cand.any(-1)
+        o = table[r, :, :n][:, None, None, :]  # (width, 1, 1, n)
+        free = ~(taken[..., :n] & ~reusable[:, None, None, :n])
+        good = free & (o >= thresholds[None, None, :, None])
+        first = good & regular[:, :, None, :n]
+        cand = np.where(first.any(0), first, good & ignored[:, :, None, :n])
+        value = np.where(cand, o, -np.inf)
+        best = cand & (value == value.max(0))
+        m = np.zeros((num_a, num_t, n), dtype=np.int64)
+        for w in range(1, width):  # the last index wins ties, as in pycocotools
+            m[best[w]] = w
+        has = cand.any(0)
         a_i, t_i, row_i = np.nonzero(has)
-        taken[a_i, t_i, row_i, m[a_i, t_i, row_i]] = True
-        dt_gt[:, :, det_at[r, :n]] = np.where(has, gt_index[np.arange(n)[None, None], m], -1)
+        taken[m[a_i, t_i, row_i], a_i, t_i, row_i] = True
+        dt_gt[:, :, det_at[r, :n]] = np.where(has, gt_index[m, np.arange(n)], -1)
 
 
 def accumulate(
