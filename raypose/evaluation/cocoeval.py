@@ -415,24 +415,22 @@ def outputs_to_arrays(outputs: list[dict], image_ids: list[int]) -> dict[str, np
     """
     if len(outputs) != len(image_ids):
         raise ValueError(f"{len(outputs)} outputs but {len(image_ids)} image ids")
-    ids, kpts, scores, boxes = [], [], [], []
-    for output, image_id in zip(outputs, image_ids):
-        xyxy = _to_numpy(output["boxes"]).reshape(-1, 4)
-        if len(xyxy) == 0:
-            continue
-        points = _to_numpy(output["keypoints"]).reshape(len(xyxy), -1, 3)
-        kpts.append(np.concatenate([points[..., :2], np.ones_like(points[..., :1])], axis=-1))
-        boxes.append(np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1))
-        scores.append(_to_numpy(output["scores"]).reshape(-1))
-        ids.append(np.full(len(xyxy), int(image_id), dtype=np.int64))
-    if not ids:
+    boxes = [_to_numpy(output["boxes"]).reshape(-1, 4) for output in outputs]
+    counts = np.array([len(b) for b in boxes], dtype=np.int64)
+    if not counts.any():
         return {"image_ids": np.zeros(0, np.int64), "keypoints": np.zeros((0, 0, 3)), "scores": np.zeros(0),
                 "boxes": np.zeros((0, 4))}  # fmt: skip
+    # One concatenation per field, then the arithmetic once: per-image numpy calls dominate otherwise.
+    xyxy = np.concatenate(boxes)
+    kpts = np.concatenate(
+        [_to_numpy(o["keypoints"]).reshape(n, -1, 3) for o, n in zip(outputs, counts.tolist()) if n]
+    )
+    kpts[..., 2] = 1.0
     return {
-        "image_ids": np.concatenate(ids),
-        "keypoints": np.concatenate(kpts),
-        "scores": np.concatenate(scores),
-        "boxes": np.concatenate(boxes),
+        "image_ids": np.repeat(np.asarray(image_ids, dtype=np.int64), counts),
+        "keypoints": kpts,
+        "scores": np.concatenate([_to_numpy(o["scores"]).reshape(-1) for o, n in zip(outputs, counts) if n]),
+        "boxes": np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1),
     }
 
 
