@@ -1,12 +1,17 @@
 """OKS-mAP evaluation of keypoint detections with pycocotools' numbers.
 
-:func:`evaluate_keypoints` runs ``COCOeval(iouType="keypoints")`` (or the bit-identical vectorised
-:class:`raypose.evaluation.fast.FastKeypointCOCOeval`, the default) with the schema's OKS sigmas
-(17 or 23 keypoints) and returns a :class:`KeypointEvalResult`: the 10 summary numbers, the
-precision/recall arrays (PR curves at OKS 0.50:0.05:0.95) and a per-keypoint breakdown.
+:func:`evaluate_keypoints` reads and checks both files once (:mod:`raypose.evaluation.inputs`),
+then scores the ground truth's person category with the schema's OKS sigmas (17 or 23 keypoints)
+and returns a :class:`KeypointEvalResult`: the 10 summary numbers, the precision/recall arrays (PR
+curves at OKS 0.50:0.05:0.95) and a per-keypoint breakdown. The default engine works on flat
+arrays (:mod:`raypose.evaluation.fast`) and builds no pycocotools object; ``fast=False`` runs
+pycocotools' ``COCOeval`` on the same checked inputs. Both give bit-identical numbers.
 
-Inputs are checked before pycocotools sees them, so a bad file gives an :class:`InputError`
-naming the file and the offending id instead of an ``AssertionError`` or ``KeyError``.
+:func:`evaluate_in_memory` is the per-epoch evaluation: detections as arrays, the ground truth
+parsed once per process.
+
+A bad file gives an :class:`InputError` naming the file, the detection index or annotation id,
+the field and the fix, instead of a traceback or a wrong number.
 """
 
 from __future__ import annotations
@@ -17,24 +22,26 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from raypose.errors import InputError
 from raypose.evaluation import fast as fast_eval
+from raypose.evaluation import inputs
+from raypose.evaluation.inputs import Detections, GroundTruth
 from raypose.evaluation.oks import keypoint_similarity_pairs
-from raypose.io import load_json
+from raypose.io import load_json, paused_gc
 from raypose.schema import schema_for
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)
-_GT_KEYS = ("id", "image_id", "category_id", "keypoints", "num_keypoints", "iscrowd", "area", "bbox")
-_DET_KEYS = ("image_id", "category_id", "keypoints", "score")
 
 
 @dataclass
@@ -108,112 +115,34 @@ def _quiet():
         logger.debug("pycocotools: %s", " | ".join(buffer.getvalue().split("\n")).strip(" |"))
 
 
-def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
-    """A pycocotools ``COCO`` for a ground-truth file, dict or ``COCO`` (returned as is), quietly.
+def load_coco_gt(gt: str | Path | dict | COCO | GroundTruth) -> COCO:
+    """A pycocotools ``COCO`` of a validated ground truth (file, dict, ``COCO`` or :class:`GroundTruth`).
 
-    A dict is copied one level deep (pycocotools writes flags into annotations).
+    Annotations are copied one level deep (pycocotools writes flags into them).
 
     Raises:
-        InputError: the file is missing, not JSON, or not a COCO dataset object.
+        InputError: see :func:`raypose.evaluation.inputs.ground_truth_from_dict`.
     """
-    if isinstance(gt, COCO):
-        return gt
-    source = str(gt) if isinstance(gt, (str, Path)) else "<ground-truth dict>"
-    dataset = load_json(gt, what="ground-truth annotation file") if isinstance(gt, (str, Path)) else gt
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
-        raise InputError(f"{source}: not a COCO ground-truth file (expected an object with an 'images' list)")
-    dataset = dict(dataset)
-    dataset["annotations"] = [dict(a) for a in dataset.get("annotations", [])]
-    dataset.setdefault("categories", [])
+    from pycocotools.coco import COCO  # here: it imports urllib and http, ~0.1 s the fast path skips
+
+    truth = _ground_truth(gt)
+    if truth.dataset is None:
+        raise ValueError(f"{truth.source}: a cached ground truth keeps no JSON for pycocotools; use inputs.ground_truth")
+    dataset = dict(truth.dataset)
+    dataset["annotations"] = [dict(a) for a in dataset["annotations"]]
     coco = COCO()
     coco.dataset = dataset
     with _quiet():
         coco.createIndex()
-    coco.raypose_source = source  # used in error messages
     return coco
 
 
-def _source(coco: COCO) -> str:
-    return getattr(coco, "raypose_source", "<ground truth>")
-
-
-def gt_num_keypoints(coco_gt: COCO) -> int:
-    """K of the ground truth: the keypoint names of its category, else the first annotation's length.
-
-    Raises:
-        InputError: neither is available.
-    """
-    for cat in coco_gt.dataset.get("categories", []):
-        if cat.get("keypoints"):
-            return len(cat["keypoints"])
-    for ann in coco_gt.dataset.get("annotations", []):
-        if ann.get("keypoints"):
-            return len(ann["keypoints"]) // 3
-    raise InputError(
-        f"{_source(coco_gt)}: cannot tell the number of keypoints: no category lists 'keypoints' and no "
-        "annotation has any; add the person category with its keypoint names"
-    )
-
-
-def _keypoint_names(coco_gt: COCO, num_kpts: int) -> tuple[str, ...]:
-    for cat in coco_gt.dataset.get("categories", []):
-        if cat.get("keypoints") and len(cat["keypoints"]) == num_kpts:
-            return tuple(cat["keypoints"])
-    try:
-        return schema_for(num_kpts).names
-    except ValueError:
-        return tuple(f"kp{k}" for k in range(num_kpts))
-
-
-def _check_gt(coco_gt: COCO, num_kpts: int) -> None:
-    source = _source(coco_gt)
-    for ann in coco_gt.dataset.get("annotations", []):
-        missing = [k for k in _GT_KEYS if k not in ann]
-        ann_id = ann.get("id", "?")
-        if missing:
-            raise InputError(
-                f"{source}: annotation id {ann_id} (image {ann.get('image_id', '?')}) lacks {', '.join(missing)}; "
-                "keypoint ground truth needs id, image_id, category_id, keypoints, num_keypoints, iscrowd, "
-                "area and bbox"
-            )
-        if len(ann["keypoints"]) != 3 * num_kpts:
-            raise InputError(
-                f"{source}: annotation id {ann_id} (image {ann['image_id']}) has {len(ann['keypoints'])} keypoint "
-                f"values, expected {3 * num_kpts} (x, y, v for {num_kpts} keypoints); all people must use "
-                "the category's keypoint list"
-            )
-
-
-def _check_dets(dets: list, coco_gt: COCO, num_kpts: int, source: str) -> None:
-    if not isinstance(dets, list):
-        raise InputError(f"{source}: a COCO keypoint results file is a JSON list of detections")
-    has_box = bool(dets) and isinstance(dets[0], dict) and bool(dets[0].get("bbox"))
-    for n, det in enumerate(dets):
-        if not isinstance(det, dict) or any(k not in det for k in _DET_KEYS):
-            raise InputError(
-                f"{source}: detection #{n} must be an object with {', '.join(_DET_KEYS)}; got {str(det)[:120]}"
-            )
-        if has_box and len(det.get("bbox") or ()) != 4:
-            raise InputError(
-                f"{source}: detection #{n} (image {det['image_id']}) has no 4-number bbox while the first one "
-                "has; give every detection a bbox [x, y, w, h] or none"
-            )
-    if dets:
-        values = np.asarray([d["keypoints"] for d in dets], dtype=np.float64)
-        scores = np.asarray([d["score"] for d in dets], dtype=np.float64)
-        bad = ~np.isfinite(values).all(axis=1) | ~np.isfinite(scores)
-        if bad.any():
-            n = int(np.argmax(bad))
-            raise InputError(
-                f"{source}: detection #{n} (image {dets[n]['image_id']}) has a non-finite keypoint or score"
-            )
-    unknown = sorted({d["image_id"] for d in dets} - set(coco_gt.getImgIds()), key=str)
-    if unknown:
-        shown = ", ".join(str(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        raise InputError(
-            f"{source}: {len(unknown)} image id(s) not in the ground truth {_source(coco_gt)}: {shown}; "
-            "detections must refer to images of that ground-truth file"
-        )
+def _ground_truth(gt: str | Path | dict | COCO | GroundTruth) -> GroundTruth:
+    if isinstance(gt, GroundTruth):
+        return gt
+    if not isinstance(gt, (str, Path, dict)) and isinstance(getattr(gt, "dataset", None), dict):  # a COCO
+        return inputs.ground_truth_from_dict(gt.dataset, "<ground-truth COCO>")
+    return inputs.ground_truth(gt)
 
 
 def _check_counts(det_kpts: int | None, gt_kpts: int, num_sigmas: int, det_source: str) -> None:
@@ -227,43 +156,22 @@ def _check_counts(det_kpts: int | None, gt_kpts: int, num_sigmas: int, det_sourc
     )
 
 
-def _det_keypoint_counts(dets: list, source: str) -> int | None:
-    if not dets:
-        return None
-    counts = {len(d["keypoints"]) for d in dets if isinstance(d, dict) and "keypoints" in d}
-    if len(counts) > 1 or any(c % 3 for c in counts):
-        raise InputError(
-            f"{source}: detections have differing keypoint list lengths {sorted(counts)}; each must hold x, y, v "
-            "for every keypoint"
-        )
-    return counts.pop() // 3 if counts else None
+def _det_keypoint_count(dets: Any) -> int | None:
+    """K of the first detection (the loader names any later one that differs), None if unknown."""
+    first = dets[0] if isinstance(dets, list) and dets else None
+    if isinstance(first, dict) and isinstance(first.get("keypoints"), list) and len(first["keypoints"]) % 3 == 0:
+        return len(first["keypoints"]) // 3
+    return None
 
 
-def _load_dets(dets: str | Path | list[dict]) -> tuple[list[dict], str]:
+def _load_dets(dets: str | Path | list[dict]) -> tuple[Any, str]:
     if isinstance(dets, (str, Path)):
         return load_json(dets, what="detections file"), str(dets)
-    if not isinstance(dets, list):
-        raise InputError("<detections>: expected a list of COCO keypoint results")
     return dets, "<detections>"
 
 
-def _coco_dt(coco_gt: COCO, dets: list[dict]) -> COCO:
-    with _quiet():
-        if dets:
-            # loadRes writes id/area/bbox into the dicts: give it copies.
-            return coco_gt.loadRes([dict(d) for d in dets])
-        empty = COCO()
-        empty.dataset = {
-            "images": list(coco_gt.dataset["images"]),
-            "categories": coco_gt.dataset["categories"],
-        }
-        empty.dataset["annotations"] = []
-        empty.createIndex()
-        return empty
-
-
 def evaluate_keypoints(
-    gt: str | Path | dict | COCO,
+    gt: str | Path | dict | COCO | GroundTruth,
     dets: str | Path | list[dict],
     sigmas: np.ndarray | list[float] | None = None,
     image_ids: list[int] | None = None,
@@ -272,8 +180,13 @@ def evaluate_keypoints(
 ) -> KeypointEvalResult:
     """OKS mAP of COCO keypoint results, numbers identical to pycocotools' ``COCOeval``.
 
+    The ground truth's person category (the one with ``keypoints``) is evaluated; detections of
+    other categories are dropped with a warning. Both modes read and check their inputs with
+    :mod:`raypose.evaluation.inputs`; the fast one never builds pycocotools objects.
+
     Args:
-        gt: ground-truth COCO file, dict or ``COCO``.
+        gt: ground-truth COCO file, dict, ``COCO`` or :class:`GroundTruth` (see
+            :func:`raypose.evaluation.inputs.cached_ground_truth` to parse a file once per process).
         dets: COCO keypoint results (file or list of ``{"image_id", "category_id", "keypoints",
             "score", ...}``); extra keys are kept.
         sigmas: (K,) pycocotools sigmas; default the schema's for the ground truth's K.
@@ -287,48 +200,62 @@ def evaluate_keypoints(
         fast: use the vectorised evaluator (bit-identical); False runs plain pycocotools.
 
     Raises:
-        InputError: unreadable files, keypoint counts that disagree, unknown image ids, and the like.
+        InputError: unreadable files, keypoint counts that disagree, unknown image ids, wrongly typed
+            values, ground truth pycocotools would score wrongly, and the like.
     """
-    coco_gt = load_coco_gt(gt)
-    num_kpts = gt_num_keypoints(coco_gt)
-    det_list, det_source = _load_dets(dets)
-    det_kpts = _det_keypoint_counts(det_list, det_source) if isinstance(det_list, list) else None
-    sigmas = _resolve_sigmas(sigmas, num_kpts, coco_gt)
-    _check_counts(det_kpts, num_kpts, len(sigmas), det_source)
-    _check_gt(coco_gt, num_kpts)
-    _check_dets(det_list, coco_gt, num_kpts, det_source)
-    if not det_list:
-        logger.warning("%s: no detections; every number is 0 (or -1 where undefined)", det_source)
-    coco_dt = _coco_dt(coco_gt, det_list)
+    # The parsed files stay alive until the end: without the pause, every collection would walk them.
+    with paused_gc():
+        truth = _ground_truth(gt)
+        det_list, det_source = _load_dets(dets)
+        sigmas = _resolve_sigmas(sigmas, truth)
+        _check_counts(_det_keypoint_count(det_list), truth.num_keypoints, len(sigmas), det_source)
+        found = inputs.detections_from_list(det_list, truth, det_source, keep_records=not fast)
+        return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint, fast)
 
-    evaluator = (fast_eval.FastKeypointCOCOeval if fast else COCOeval)(coco_gt, coco_dt, "keypoints")
-    evaluator.params.kpt_oks_sigmas = sigmas
-    if image_ids is not None:
-        unknown = sorted(set(image_ids) - set(coco_gt.getImgIds()), key=str)
-        if unknown:
-            raise InputError(f"image ids not in the ground truth {_source(coco_gt)}: {unknown[:10]}")
-        evaluator.params.imgIds = list(image_ids)
-    with _quiet():
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    params = evaluator.params
+
+def evaluate_detections(
+    truth: GroundTruth,
+    found: Detections,
+    sigmas: np.ndarray | None = None,
+    image_ids: list[int] | None = None,
+    per_keypoint: bool = False,
+    fast: bool = True,
+) -> KeypointEvalResult:
+    """:func:`evaluate_keypoints` on inputs already checked by :mod:`raypose.evaluation.inputs`.
+
+    The in-training evaluation calls this with a cached :class:`GroundTruth` and the gathered
+    detections, so nothing is parsed again. ``fast=False`` needs ``found.records``.
+    """
+    sigmas = _resolve_sigmas(sigmas, truth)
+    if len(found.scores) == 0:
+        logger.warning("%s: no detections; every number is 0 (or -1 where undefined)", found.source)
+    params = Params(iouType="keypoints")
+    params.kpt_oks_sigmas = sigmas
+    params.catIds = [truth.category_id]
+    params.imgIds = truth.image_ids.tolist() if image_ids is None else sorted(set(image_ids))
+    data, kept = inputs.category_data(truth, found, image_ids, params.maxDets[-1])
+    pairs = fast_eval.pair_oks(data, sigmas, min_oks=float(np.min(params.iouThrs)))
+    match = fast_eval.match(data, pairs, np.asarray(params.areaRng), params.iouThrs)
+    if fast:
+        precision, recall, scores = fast_eval.accumulate(data, match, params.recThrs, params.maxDets)
+        evaluated = {"precision": precision[:, :, None], "recall": recall[:, None], "scores": scores[:, :, None]}
+        stats = _summarize(params, evaluated)
+    else:
+        evaluated, stats = _pycocotools(truth, found, params)
     result = KeypointEvalResult(
-        stats={name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)},
-        precision=evaluator.eval["precision"],
-        recall=evaluator.eval["recall"],
-        scores=evaluator.eval["scores"],
+        stats={name: float(v) for name, v in zip(STAT_NAMES, stats)},
+        precision=evaluated["precision"],
+        recall=evaluated["recall"],
+        scores=evaluated["scores"],
         oks_thresholds=np.asarray(params.iouThrs),
         recall_thresholds=np.asarray(params.recThrs),
         area_labels=tuple(params.areaRngLbl),
-        num_images=len(params.imgIds),
-        num_gt=len(coco_gt.getAnnIds(imgIds=params.imgIds, catIds=params.catIds)),
-        num_dets=len(coco_dt.getAnnIds(imgIds=params.imgIds, catIds=params.catIds)),
+        num_images=data.num_images,
+        num_gt=len(data.gt_ids),
+        num_dets=_num_dets_on(truth, found, image_ids),
     )
     if per_keypoint:
-        result.per_keypoint = _per_keypoint(
-            evaluator, coco_gt, coco_dt, sigmas, _keypoint_names(coco_gt, num_kpts)
-        )
+        result.per_keypoint = _per_keypoint(data, match, params, sigmas, truth.keypoint_names)
     logger.info(
         "OKS AP %.4f (AP50 %.4f, AP75 %.4f) on %d images, %d people, %d detections",
         result.stats["AP"], result.stats["AP50"], result.stats["AP75"],
@@ -337,26 +264,61 @@ def evaluate_keypoints(
     return result
 
 
-def _resolve_sigmas(sigmas, num_kpts: int, coco_gt: COCO) -> np.ndarray:
+def _num_dets_on(truth: GroundTruth, found: Detections, image_ids: list[int] | None) -> int:
+    if image_ids is None:
+        return len(found.scores)
+    on = np.isin(truth.image_ids[found.image_pos], np.asarray(list(image_ids), dtype=np.int64))
+    return int(np.count_nonzero(on))
+
+
+def _summarize(params: Params, evaluated: dict[str, np.ndarray]) -> np.ndarray:
+    """pycocotools' own ``summarize`` on precision/recall arrays (T, R, K, A, M) / (T, K, A, M)."""
+    summary = COCOeval(iouType="keypoints")
+    summary.params = params
+    summary.eval = dict(evaluated, params=params)
+    with _quiet():
+        summary.summarize()
+    return summary.stats
+
+
+def _pycocotools(truth: GroundTruth, found: Detections, params: Params) -> tuple[dict, np.ndarray]:
+    if found.records is None:
+        raise ValueError("fast=False needs detections loaded with keep_records=True")
+    coco_gt = load_coco_gt(truth)
+    from pycocotools.coco import COCO
+
+    with _quiet():
+        if found.records:
+            # loadRes writes id/area/bbox into the dicts: give it copies.
+            coco_dt = coco_gt.loadRes([dict(d) for d in found.records])
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                               "categories": coco_gt.dataset["categories"]}  # fmt: skip
+            coco_dt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_dt, "keypoints")
+        evaluator.params.kpt_oks_sigmas = params.kpt_oks_sigmas
+        evaluator.params.catIds = list(params.catIds)
+        evaluator.params.imgIds = list(params.imgIds)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.eval, evaluator.stats
+
+
+def _resolve_sigmas(sigmas, truth: GroundTruth) -> np.ndarray:
     if sigmas is not None:
         values = np.asarray(sigmas, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise InputError(f"sigmas must be positive numbers; got {values.tolist()}")
         return values
     try:
-        return schema_for(num_kpts).sigmas.copy()
+        return schema_for(truth.num_keypoints).sigmas.copy()
     except ValueError:
         raise InputError(
-            f"{_source(coco_gt)}: ground truth has {num_kpts} keypoints and raypose has no default OKS sigmas "
-            "for that count (17 or 23); pass sigmas (--sigmas a,b,...) with one value per keypoint"
+            f"{truth.source}: ground truth has {truth.num_keypoints} keypoints and raypose has no default OKS "
+            "sigmas for that count (17 or 23); pass sigmas (--sigmas a,b,...) with one value per keypoint"
         ) from None
-
-
-def _keypoint_category(coco_gt: COCO, params) -> int:
-    for cat_id in params.catIds:
-        if coco_gt.cats.get(cat_id, {}).get("keypoints"):
-            return cat_id
-    return params.catIds[0]
 
 
 def _mean_ap(precision: np.ndarray) -> float:
@@ -364,19 +326,10 @@ def _mean_ap(precision: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else -1.0
 
 
-def _per_keypoint(evaluator, coco_gt, coco_dt, sigmas, names) -> dict[str, dict[str, float]]:
+def _per_keypoint(
+    data: fast_eval.CategoryData, match: fast_eval.MatchResult, p: Params, sigmas: np.ndarray, names
+) -> dict[str, dict[str, float]]:
     """Per-keypoint AP on single-keypoint projections and mean ks of true positives (see above)."""
-    p = evaluator.params
-    if not p.catIds:
-        return {}
-    cat_id = _keypoint_category(coco_gt, p)
-    if isinstance(evaluator, fast_eval.FastKeypointCOCOeval):
-        data, match = evaluator.category_data[cat_id], evaluator.matches[cat_id]
-    else:
-        data = fast_eval.prepare_category(coco_gt, coco_dt, p.imgIds, cat_id, p.maxDets[-1], len(sigmas))
-        match = fast_eval.match(
-            data, fast_eval.pair_oks(data, sigmas), np.asarray(p.areaRng[:1]), p.iouThrs[:1]
-        )
     # True positives at OKS 0.5 (index 0), area "all" (index 0).
     tp = match.dt_matched[0, 0] & ~match.dt_ignore[0, 0]
     tp_dt = np.flatnonzero(tp)
@@ -389,7 +342,8 @@ def _per_keypoint(evaluator, coco_gt, coco_dt, sigmas, names) -> dict[str, dict[
     out: dict[str, dict[str, float]] = {}
     for k, name in enumerate(names):
         single = fast_eval.select_keypoint(data, k)
-        result = fast_eval.match(single, fast_eval.pair_oks(single, sigmas[k : k + 1]), all_area, p.iouThrs)
+        pairs = fast_eval.pair_oks(single, sigmas[k : k + 1], min_oks=float(np.min(p.iouThrs)))
+        result = fast_eval.match(single, pairs, all_area, p.iouThrs)
         precision, _, _ = fast_eval.accumulate(single, result, p.recThrs, p.maxDets[-1:])
         t50, t75 = np.argmin(np.abs(p.iouThrs - 0.5)), np.argmin(np.abs(p.iouThrs - 0.75))
         count = int(np.count_nonzero(labelled[:, k]))
@@ -447,6 +401,60 @@ def outputs_to_coco_results(outputs: list[dict], image_ids: list[int], category_
                 det["keypoint_scores"] = kp_scores.reshape(len(boxes), -1)[n].tolist()
             results.append(det)
     return results
+
+
+def outputs_to_arrays(outputs: list[dict], image_ids: list[int]) -> dict[str, np.ndarray]:
+    """The detections of :func:`outputs_to_coco_results` as arrays (no per-detection dicts).
+
+    Small to pickle (``all_gather_object``) and read by :func:`evaluate_in_memory`; the numbers are
+    the same as evaluating ``outputs_to_coco_results(outputs, image_ids)``.
+
+    Returns:
+        ``{"image_ids": (N,) int64, "keypoints": (N, K, 3) float64 (x, y, 1), "scores": (N,),
+        "boxes": (N, 4) xywh}``.
+    """
+    if len(outputs) != len(image_ids):
+        raise ValueError(f"{len(outputs)} outputs but {len(image_ids)} image ids")
+    boxes = [_to_numpy(output["boxes"]).reshape(-1, 4) for output in outputs]
+    counts = np.array([len(b) for b in boxes], dtype=np.int64)
+    if not counts.any():
+        return {"image_ids": np.zeros(0, np.int64), "keypoints": np.zeros((0, 0, 3)), "scores": np.zeros(0),
+                "boxes": np.zeros((0, 4))}  # fmt: skip
+    # One concatenation per field, then the arithmetic once: per-image numpy calls dominate otherwise.
+    xyxy = np.concatenate(boxes)
+    kpts = np.concatenate(
+        [_to_numpy(o["keypoints"]).reshape(n, -1, 3) for o, n in zip(outputs, counts.tolist()) if n]
+    )
+    kpts[..., 2] = 1.0
+    return {
+        "image_ids": np.repeat(np.asarray(image_ids, dtype=np.int64), counts),
+        "keypoints": kpts,
+        "scores": np.concatenate([_to_numpy(o["scores"]).reshape(-1) for o, n in zip(outputs, counts) if n]),
+        "boxes": np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1),
+    }
+
+
+def evaluate_in_memory(
+    gt: str | Path | GroundTruth,
+    parts: list[dict[str, np.ndarray]],
+    image_ids: list[int] | None = None,
+    sigmas: np.ndarray | None = None,
+) -> KeypointEvalResult:
+    """The in-training evaluation: OKS mAP of :func:`outputs_to_arrays` parts (one per rank, in rank
+    order), against a ground-truth file parsed once per process (:func:`inputs.cached_ground_truth`).
+
+    Numbers equal ``evaluate_keypoints(gt, results, image_ids=image_ids, per_keypoint=False)`` on the
+    same detections as COCO dicts; at COCO-val scale it takes a fraction of a second.
+    """
+    truth = gt if isinstance(gt, GroundTruth) else inputs.cached_ground_truth(gt)
+    parts = [p for p in parts if len(p["image_ids"])]
+    if parts:
+        merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    else:
+        k = truth.num_keypoints
+        merged = {"image_ids": np.zeros(0, np.int64), "keypoints": np.zeros((0, k, 3)), "scores": np.zeros(0)}
+    found = inputs.detections_from_arrays(truth, **merged)
+    return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint=False)
 
 
 def plot_pr_curves(result: KeypointEvalResult, path: str | Path) -> Path:

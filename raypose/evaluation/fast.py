@@ -150,13 +150,26 @@ def same_image_pairs(data: CategoryData) -> tuple[np.ndarray, np.ndarray]:
     return pair_dt, pair_gt
 
 
-def pair_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_oks(
+    data: CategoryData, sigmas: np.ndarray, min_oks: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OKS for every (kept detection, ground truth) pair in the same image.
+
+    Args:
+        min_oks: keep only the pairs with OKS >= this (exact values; matching at thresholds
+            >= ``min_oks`` never looks at the others). A rounding-tolerant float64 estimate picks
+            the pairs first, so the exact, order-preserving OKS is computed for those only.
 
     Returns:
         ``(pair_dt, pair_gt, oks)``, each (P,): detection index, ground-truth index, OKS.
     """
     pair_dt, pair_gt = same_image_pairs(data)
+    if min_oks is not None and min_oks > 0 and len(pair_dt):
+        near = _may_reach(data, pair_dt, pair_gt, sigmas, min_oks)
+        pair_dt, pair_gt = pair_dt[near], pair_gt[near]
+        estimate = _oks_estimate(data, pair_dt, pair_gt, sigmas)
+        likely = estimate >= min_oks - 1e-9
+        pair_dt, pair_gt = pair_dt[likely], pair_gt[likely]
     oks = oks_pairs(
         data.dt_kpts[pair_dt],
         data.gt_kpts[pair_gt],
@@ -164,7 +177,64 @@ def pair_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.nda
         data.gt_areas[pair_gt],
         sigmas,
     )
+    if min_oks is not None:
+        keep = oks >= min_oks
+        pair_dt, pair_gt, oks = pair_dt[keep], pair_gt[keep], oks[keep]
     return pair_dt, pair_gt, oks
+
+
+def _may_reach(
+    data: CategoryData, pair_dt: np.ndarray, pair_gt: np.ndarray, sigmas: np.ndarray, min_oks: float
+) -> np.ndarray:
+    """(P,) False where a pair cannot reach ``min_oks`` (> 0), from boxes alone.
+
+    OKS is a mean of ``exp(-e_k)`` over the labelled keypoints, so OKS >= m needs some labelled k
+    with ``d_k^2 <= -ln(m) * 2 * (2 sigma_k)^2 * (area + eps)``; ``d_k`` is at least the gap between
+    the box of the detection's keypoints and the box of the person's labelled keypoints. People
+    with no labelled keypoint are always kept.
+    """
+    # Contiguous copies first: reductions along a stride-3 axis are several times slower.
+    dt_x, dt_y = np.ascontiguousarray(data.dt_kpts[:, :, 0]), np.ascontiguousarray(data.dt_kpts[:, :, 1])
+    dt_box = np.stack([dt_x.min(1), dt_y.min(1), dt_x.max(1), dt_y.max(1)], axis=1)  # (N, 4)
+    visible = data.gt_kpts[:, :, 2] > 0
+    gx, gy = data.gt_kpts[:, :, 0], data.gt_kpts[:, :, 1]
+    gt_box = np.stack(  # (G, 4); +-inf (an empty box, never "far") for people with nothing labelled
+        [
+            np.where(visible, gx, np.inf).min(1),
+            np.where(visible, gy, np.inf).min(1),
+            np.where(visible, gx, -np.inf).max(1),
+            np.where(visible, gy, -np.inf).max(1),
+        ],
+        axis=1,
+    )
+    d, g = dt_box[pair_dt], gt_box[pair_gt]
+    gap_x = np.maximum(0.0, np.maximum(g[:, 0] - d[:, 2], d[:, 0] - g[:, 2]))
+    gap_y = np.maximum(0.0, np.maximum(g[:, 1] - d[:, 3], d[:, 1] - g[:, 3]))
+    max_var = float(np.max((np.asarray(sigmas, dtype=np.float64) * 2) ** 2))
+    reach = -np.log(min_oks) * 2 * max_var * (data.gt_areas[pair_gt] + np.spacing(1))
+    with np.errstate(invalid="ignore"):  # inf - inf for people with nothing labelled
+        near = gap_x**2 + gap_y**2 <= reach * (1 + 1e-6)
+    return near | ~visible.any(axis=1)[pair_gt]
+
+
+def _oks_estimate(data: CategoryData, pair_dt: np.ndarray, pair_gt: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """OKS of each pair up to rounding (~1e-15): masked mean instead of pycocotools' compacted sum.
+
+    Pairs whose person labels nothing get +inf (always kept: their exact OKS is cheap).
+    """
+    visible = data.gt_kpts[:, :, 2][pair_gt] > 0  # (P, K); x and y gathered as planes, not (P, K, 3)
+    dx = data.dt_kpts[:, :, 0][pair_dt] - data.gt_kpts[:, :, 0][pair_gt]
+    dy = data.dt_kpts[:, :, 1][pair_dt] - data.gt_kpts[:, :, 1][pair_gt]
+    dx *= dx
+    dy *= dy
+    dx += dy
+    dx /= (np.asarray(sigmas, dtype=np.float64) * 2) ** 2
+    dx /= ((data.gt_areas[pair_gt] + np.spacing(1)) * 2)[:, None]
+    np.negative(dx, out=dx)
+    np.exp(dx, out=dx)
+    dx[~visible] = 0.0
+    count = visible.sum(axis=1)
+    return np.where(count > 0, dx.sum(axis=1) / np.maximum(count, 1), np.inf)
 
 
 def _outside(areas: np.ndarray, area_rngs: np.ndarray) -> np.ndarray:
@@ -178,21 +248,35 @@ def match(
     area_rngs: np.ndarray,
     oks_thrs: np.ndarray,
 ) -> MatchResult:
-    """pycocotools' ``evaluateImg`` greedy matching, for all images, areas and thresholds at once."""
+    """pycocotools' ``evaluateImg`` greedy matching, for all images, areas and thresholds at once.
+
+    Only pairs with OKS >= the lowest threshold can match; detections without such a pair never
+    take a ground truth, so they are left out of the greedy loop (which keeps its order).
+    """
     area_rngs = np.asarray(area_rngs, dtype=np.float64).reshape(-1, 2)
     num_a, num_t, num_dt = len(area_rngs), len(oks_thrs), len(data.dt_img)
     gt_ignore = data.gt_ignore[None, :] | _outside(data.gt_areas, area_rngs)
     dt_gt = np.full((num_a, num_t, num_dt), -1, dtype=np.int64)
     thresholds = np.minimum(np.asarray(oks_thrs, dtype=np.float64), 1 - 1e-10)
 
-    gt_count = np.bincount(data.gt_img, minlength=data.num_images)
-    dt_count = np.bincount(data.dt_img, minlength=data.num_images)
-    both = np.flatnonzero((gt_count > 0) & (dt_count > 0))
-    # Bucket images by ground-truth count (powers of two) so padding stays small.
-    bucket_of = np.ceil(np.log2(np.maximum(gt_count[both], 1))).astype(np.int64)
-    for b in np.unique(bucket_of):
-        images = both[bucket_of == b]
-        _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt)
+    pair_dt, pair_gt, oks = pairs
+    if num_t and len(oks):
+        usable = oks >= thresholds.min()
+        candidates = (pair_dt[usable], pair_gt[usable], oks[usable])
+        # Rank among the image's candidate detections (detections are sorted by image, then score).
+        cand_dt = np.unique(candidates[0])
+        cand_img = data.dt_img[cand_dt]
+        cand_rank = np.arange(len(cand_dt)) - np.searchsorted(cand_img, cand_img, side="left")
+        rank_of = np.full(num_dt, -1, dtype=np.int64)
+        rank_of[cand_dt] = cand_rank
+        gt_count = np.bincount(data.gt_img, minlength=data.num_images)
+        cand_count = np.bincount(cand_img, minlength=data.num_images)
+        both = np.flatnonzero(cand_count > 0)
+        # Bucket images by ground-truth count (powers of two) so padding stays small.
+        bucket_of = np.ceil(np.log2(np.maximum(gt_count[both], 1))).astype(np.int64)
+        for b in np.unique(bucket_of):
+            images = both[bucket_of == b]
+            _match_bucket(data, candidates, rank_of, cand_count, images, gt_ignore, thresholds, dt_gt)
 
     matched_any = dt_gt >= 0
     safe = np.where(matched_any, dt_gt, 0)
@@ -205,51 +289,57 @@ def match(
     return MatchResult(dt_gt=dt_gt, dt_matched=dt_matched, dt_ignore=dt_ignore, gt_ignore=gt_ignore)
 
 
-def _match_bucket(data, pairs, images, gt_ignore, thresholds, dt_gt) -> None:
-    """Greedy matching of the images in one bucket; writes ``dt_gt`` in place."""
+def _match_bucket(data, pairs, rank_of, cand_count, images, gt_ignore, thresholds, dt_gt) -> None:
+    """Greedy matching of the images in one bucket; writes ``dt_gt`` in place.
+
+    ``rank_of[d]`` is detection d's rank among its image's candidate detections (-1: none).
+    """
     pair_dt, pair_gt, oks = pairs
     num_img = data.num_images
     gt_count = np.bincount(data.gt_img, minlength=num_img)
     gt_start = np.cumsum(gt_count) - gt_count
-    dt_count = np.bincount(data.dt_img, minlength=num_img)
-    dt_start = np.cumsum(dt_count) - dt_count
-    # Images with more detections first, so rank r only touches a prefix of the rows.
-    images = images[np.argsort(-dt_count[images], kind="stable")]
+    # Images with more candidates first, so rank r only touches a prefix of the rows.
+    images = images[np.argsort(-cand_count[images], kind="stable")]
     rows = np.full(num_img, -1, dtype=np.int64)
     rows[images] = np.arange(len(images))
-    num_rows, width, depth = len(images), int(gt_count[images].max()), int(dt_count[images].max())
+    num_rows, width, depth = len(images), int(gt_count[images].max()), int(cand_count[images].max())
 
+    # Layout (width, areas, thresholds, rows): the reductions over a row's ground truths run over the
+    # leading axis, i.e. elementwise across contiguous slices, not along a tiny last axis.
     in_bucket = rows[data.dt_img[pair_dt]] >= 0
     p_dt, p_gt = pair_dt[in_bucket], pair_gt[in_bucket]
     p_row = rows[data.dt_img[p_dt]]
-    table = np.full((depth, num_rows, width), -np.inf)
-    table[data.dt_rank[p_dt], p_row, p_gt - gt_start[data.gt_img[p_gt]]] = oks[in_bucket]
+    table = np.full((depth, width, num_rows), -np.inf)
+    table[rank_of[p_dt], p_gt - gt_start[data.gt_img[p_gt]], p_row] = oks[in_bucket]
+    det_at = np.zeros((depth, num_rows), dtype=np.int64)
+    det_at[rank_of[p_dt], p_row] = p_dt
 
     cols = np.arange(width)
-    gt_index = gt_start[images][:, None] + cols[None, :]  # (rows, width)
-    valid = cols[None, :] < gt_count[images][:, None]
-    gt_index = np.where(valid, gt_index, 0)
-    ignored = gt_ignore[:, gt_index] & valid[None]  # (A, rows, width)
-    regular = ~gt_ignore[:, gt_index] & valid[None]
+    valid = cols[:, None] < gt_count[images][None, :]  # (width, rows)
+    gt_index = np.where(valid, gt_start[images][None, :] + cols[:, None], 0)
+    ignore = gt_ignore[:, gt_index].transpose(1, 0, 2)  # (width, A, rows)
+    ignored = ignore & valid[:, None]
+    regular = ~ignore & valid[:, None]
     reusable = data.gt_crowd[gt_index] | ~valid  # padding is never "taken"
-    taken = np.zeros((gt_ignore.shape[0], len(thresholds), num_rows, width), dtype=bool)
-    counts = dt_count[images]
+    num_a, num_t = gt_ignore.shape[0], len(thresholds)
+    taken = np.zeros((width, num_a, num_t, num_rows), dtype=bool)
+    counts = cand_count[images]
     for r in range(depth):
         n = int(np.count_nonzero(counts > r))
-        o = table[r, :n]  # (n, width)
-        free = ~(taken[:, :, :n] & ~reusable[None, None, :n])
-        good = free & (o[None, None] >= thresholds[None, :, None, None])
-        first = good & regular[:, None, :n]
-        second = good & ignored[:, None, :n]
-        cand = np.where(first.any(-1, keepdims=True), first, second)
-        value = np.where(cand, o[None, None], -np.inf)
-        best = cand & (value == value.max(-1, keepdims=True))
-        m = width - 1 - np.argmax(best[..., ::-1], axis=-1)  # last index on ties
-        has = cand.any(-1)
+        o = table[r, :, :n][:, None, None, :]  # (width, 1, 1, n)
+        free = ~(taken[..., :n] & ~reusable[:, None, None, :n])
+        good = free & (o >= thresholds[None, None, :, None])
+        first = good & regular[:, :, None, :n]
+        cand = np.where(first.any(0), first, good & ignored[:, :, None, :n])
+        value = np.where(cand, o, -np.inf)
+        best = cand & (value == value.max(0))
+        m = np.zeros((num_a, num_t, n), dtype=np.int64)
+        for w in range(1, width):  # the last index wins ties, as in pycocotools
+            m[best[w]] = w
+        has = cand.any(0)
         a_i, t_i, row_i = np.nonzero(has)
-        taken[a_i, t_i, row_i, m[a_i, t_i, row_i]] = True
-        dts = dt_start[images[:n]] + r
-        dt_gt[:, :, dts] = np.where(has, gt_index[np.arange(n)[None, None], m], -1)
+        taken[m[a_i, t_i, row_i], a_i, t_i, row_i] = True
+        dt_gt[:, :, det_at[r, :n]] = np.where(has, gt_index[m, np.arange(n)], -1)
 
 
 def accumulate(
@@ -267,34 +357,29 @@ def accumulate(
     recall = -np.ones((num_t, num_a, num_m))
     scores = -np.ones((num_t, num_r, num_a, num_m))
     for m, max_det in enumerate(max_dets):
-        keep = data.dt_rank < max_det
-        dt_scores = data.dt_scores[keep]
-        order = np.argsort(-dt_scores, kind="mergesort")
-        sorted_scores = dt_scores[order]
+        keep = np.flatnonzero(data.dt_rank < max_det)
+        order = keep[np.argsort(-data.dt_scores[keep], kind="mergesort")]
+        sorted_scores = data.dt_scores[order]
+        nd = len(order)
         for a in range(num_a):
             npig = np.count_nonzero(result.gt_ignore[a] == 0)
             if npig == 0:
                 continue
-            matched = result.dt_matched[a][:, keep][:, order]
-            ignore = result.dt_ignore[a][:, keep][:, order]
-            tp_sum = np.cumsum(matched & ~ignore, axis=1).astype(dtype=float)
-            fp_sum = np.cumsum(~matched & ~ignore, axis=1).astype(dtype=float)
-            nd = tp_sum.shape[1]
+            matched = result.dt_matched[a][:, order]  # (T, nd)
+            counted = ~result.dt_ignore[a][:, order]
+            tp = np.cumsum(matched & counted, axis=1).astype(dtype=float)
+            fp = np.cumsum(~matched & counted, axis=1).astype(dtype=float)
+            # pycocotools' per-threshold arithmetic, all thresholds at once (elementwise identical).
+            rc = tp / npig
+            pr = tp / (fp + tp + np.spacing(1))
+            recall[:, a, m] = rc[:, -1] if nd else 0
+            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
             for t in range(num_t):
-                tp, fp = tp_sum[t], fp_sum[t]
-                rc = tp / npig
-                pr = tp / (fp + tp + np.spacing(1))
-                recall[t, a, m] = rc[-1] if nd else 0
-                pr = np.maximum.accumulate(pr[::-1])[::-1]
-                inds = np.searchsorted(rc, rec_thrs, side="left")
+                inds = np.searchsorted(rc[t], rec_thrs, side="left")
                 # pycocotools fills recall thresholds up to the first one past the curve's end.
                 ok = inds < nd
-                q = np.zeros(num_r)
-                ss = np.zeros(num_r)
-                q[ok] = pr[inds[ok]]
-                ss[ok] = sorted_scores[inds[ok]]
-                precision[t, :, a, m] = q
-                scores[t, :, a, m] = ss
+                precision[t, :, a, m] = np.where(ok, pr[t, np.minimum(inds, nd - 1)], 0.0) if nd else 0.0
+                scores[t, :, a, m] = np.where(ok, sorted_scores[np.minimum(inds, nd - 1)], 0.0) if nd else 0.0
     return precision, recall, scores
 
 
@@ -325,7 +410,7 @@ class FastKeypointCOCOeval(COCOeval):
         self.category_data, self.matches, self.pairs = {}, {}, {}
         for cat_id in p.catIds:
             data = prepare_category(self.cocoGt, self.cocoDt, p.imgIds, cat_id, p.maxDets[-1], len(sigmas))
-            pairs = pair_oks(data, sigmas)
+            pairs = pair_oks(data, sigmas, min_oks=float(np.min(p.iouThrs)))
             self.category_data[cat_id] = data
             self.pairs[cat_id] = pairs
             self.matches[cat_id] = match(data, pairs, np.asarray(p.areaRng), p.iouThrs)

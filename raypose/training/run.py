@@ -115,24 +115,25 @@ def replica_divergence(model: torch.nn.Module) -> float:
 
 
 def evaluate_distributed(model, val, config: TrainConfig, session: Session) -> dict[str, float]:
-    """OKS metrics on the validation set: each rank predicts a shard, rank 0 evaluates.
+    """OKS metrics on the validation set: each rank predicts a shard, rank 0 gathers and evaluates.
 
-    Returns the :data:`EVAL_KEYS` metrics on rank 0 and ``{}`` on the other ranks.
+    Returns the :data:`EVAL_KEYS` metrics on rank 0 and ``{}`` on the other ranks. Detections
+    travel as numpy arrays to rank 0 only; the ground truth is parsed once per process.
     """
-    from raypose.evaluation.cocoeval import evaluate_keypoints, outputs_to_coco_results
+    from raypose.evaluation.cocoeval import evaluate_in_memory, outputs_to_arrays
 
     shard = Subset(val, range(session.world_rank, len(val), session.world_size))
     loader = DataLoader(shard, batch_size=config.eval_batch_size, collate_fn=collate_fn, num_workers=0)
     net = model.module if isinstance(model, DistributedDataParallel) else model
     outputs, ids = predict_loader(net, loader, session.device, amp=config.amp)
-    results = outputs_to_coco_results(outputs, ids)
+    parts = [outputs_to_arrays(outputs, ids)]
     if session.world_size > 1:
-        gathered: list = [None] * session.world_size
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
+        gathered: list | None = [None] * session.world_size if session.world_rank == 0 else None
+        dist.gather_object(parts[0], gathered, dst=0)
+        parts = gathered or []
     if session.world_rank != 0:
         return {}
-    evaluation = evaluate_keypoints(annotation_source(val), results, image_ids=image_ids(val), per_keypoint=False)
+    evaluation = evaluate_in_memory(annotation_source(val), parts, image_ids=image_ids(val))
     return {key: evaluation.stats[stat] for key, stat in EVAL_KEYS.items()}
 
 

@@ -52,7 +52,7 @@ def test_bad_detections_file_names_file_and_detection(tmp_path, capsys):
     gt_path, dets_path = write_files(tmp_path, gt, dets)
     assert main(["analyze", str(gt_path), str(dets_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "dets.json" in err and "detection #1" in err and "51" in err
+    assert "dets.json: detection 1: keypoints" in err and "51" in err
     assert not (tmp_path / "o" / "summary.json").exists()
 
 

@@ -94,3 +94,26 @@ def test_matches_pycocotools_on_edge_cases():
         assert np.array_equal(
             ref, _evaluate(FastKeypointCOCOeval, gt, dets, sigmas, max_dets=[3, 20]).eval[key]
         )
+
+
+@pytest.mark.parametrize("min_oks", [0.5, 0.1, 0.9])
+def test_pair_oks_with_a_floor_keeps_exactly_the_pairs_above_it(min_oks):
+    """The box bound and the estimate only skip work: the kept pairs and their OKS are bit for bit
+    those of the full computation at or above the floor, and matching gives the same result."""
+    from raypose.evaluation.fast import match, pair_oks
+    from raypose.evaluation.inputs import category_data, detections_from_list, ground_truth_from_dict
+
+    gt, dets = synthetic_keypoint_case(num_images=60, num_keypoints=23, seed=5, crowd_fraction=0.15)
+    truth = ground_truth_from_dict(gt, "gt")
+    data, _ = category_data(truth, detections_from_list(dets, truth))
+    sigmas = schema_for(23).sigmas
+    every = pair_oks(data, sigmas)
+    floored = pair_oks(data, sigmas, min_oks=min_oks)
+    above = every[2] >= min_oks
+    assert 0 < above.sum() < len(above)
+    for full, kept in zip(every, floored):
+        assert np.array_equal(full[above], kept)
+    areas = np.array([[0, 1e10], [32**2, 96**2], [96**2, 1e10]])
+    thresholds = np.linspace(max(min_oks, 0.5), 0.95, 10)
+    a, b = match(data, every, areas, thresholds), match(data, floored, areas, thresholds)
+    assert np.array_equal(a.dt_gt, b.dt_gt) and np.array_equal(a.dt_ignore, b.dt_ignore)
