@@ -21,6 +21,7 @@ def test_two_gloo_workers_run_ddp_and_resume(ray_local, tiny_train_config, tmp_p
         "epochs": 1,
         "data": {**tiny_train_config["data"], "train_limit": 4},
         "mlflow": {"enabled": True, "tracking_uri": uri, "experiment": "ddp-test"},
+        "schedule": {"name": "cosine"},  # a LambdaLR schedule: the run may grow on resume (1cycle's may not)
     }
     result = fit(validate_train_config(raw))
     assert result.error is None
