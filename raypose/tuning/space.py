@@ -159,11 +159,11 @@ class SearchSpace(BaseModel):
         return f"{self.tune.storage_path}/{self.name}_train"
 
     @property
-    def study_dir(self) -> Path:
-        """A local folder for the study's own files (the parent run id, ``best/``)."""
-        if "://" in self.tune.storage_path:
-            return Path("runs").absolute() / self.name
-        return Path(self.tune.storage_path) / self.name
+    def study_dir(self) -> str:
+        """Where the study's own files live (the parent run id, ``best/``): Tune's experiment
+        folder ``<tune.storage_path>/<name>``, a path or a URI, so that a job on any node (and
+        a later ``--resume`` job) finds them."""
+        return self.tune_dir
 
     def trial_config(self, params: dict[str, Any], name: str) -> TrainConfig:
         """The base config with a trial's values applied (dotted config keys, as Tune's config
