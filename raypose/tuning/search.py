@@ -85,8 +85,9 @@ def check_shared_storage(space: SearchSpace) -> None:
 
 
 def is_local_tracking_uri(uri: str) -> bool:
-    """Whether an MLflow tracking URI is a store on one machine's disk (sqlite, a folder)."""
-    return uri.startswith(("sqlite:", "file:")) or ("://" not in uri and bool(uri))
+    """Whether an MLflow tracking URI (as ``resolve_tracking_uri`` gives it: a bare folder is
+    already a ``file:`` URI) is a store on one machine's disk."""
+    return uri.startswith(("sqlite:", "file:"))
 
 
 def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str | None) -> None:
