@@ -245,11 +245,21 @@ def two_node_cluster(s3_server):
         worker = [ray_bin, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                   f"--temp-dir={worker_temp}"]
         subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
-        yield f"http://127.0.0.1:{dashboard}", env
+        yield f"http://127.0.0.1:{dashboard}", {**env, "RAYPOSE_TEST_HEAD_TEMP": temp}
     finally:
         stop_ray_nodes([temp, worker_temp])
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(worker_temp, ignore_errors=True)
+
+
+def head_logs(env: dict[str, str]) -> str:
+    """The end of the head node's job logs (for a failed submission)."""
+    logs = Path(env["RAYPOSE_TEST_HEAD_TEMP"]) / "session_latest" / "logs"
+    parts = []
+    for name in ("dashboard_agent.log", "dashboard_JobHead.log"):
+        text = (logs / name).read_text(errors="replace") if (logs / name).is_file() else "(none)"
+        parts.append(f"\n== {name}\n" + "\n".join(line for line in text.splitlines() if "ResourceRoute" not in line)[-3000:])
+    return "".join(parts)
 
 
 def wait_for_jobs_api(address: str) -> None:
@@ -285,7 +295,7 @@ def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, s3_server
         [sys.executable, "-m", "raypose", "submit", "--address", address, "space.yaml"],
         cwd=project, env={**env, "MLFLOW_TRACKING_URI": mlflow_server}, capture_output=True, text=True, timeout=900,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + head_logs(env)
     assert "SUCCEEDED" in proc.stdout
     assert "Study result" in proc.stdout  # the job's logs were streamed back
     _, parents, children = mlflow_state(mlflow_server)

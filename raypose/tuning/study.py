@@ -57,7 +57,8 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
     Connects to ``$RAY_ADDRESS`` or starts Ray on this machine.
 
     Raises:
-        ConfigError: storage that other nodes cannot see on a multi-node cluster.
+        ConfigError: storage or an MLflow store that other nodes cannot see on a cluster; a
+            trial that asks for more than the cluster can ever give.
         RayposeError: no trial produced an evaluated checkpoint.
     """
     ensure_data(space.base.data)
