@@ -128,7 +128,8 @@ class TuneSettings(BaseModel):
     trial_cpus: float = Field(default=0.1, ge=0, description="CPU held by each trial's driver (not its workers)")
     storage_path: str = Field(default="runs", description="Tune and Train results; s3:// or NFS on clusters")
     require_shared_storage: bool | None = Field(
-        default=None, description="fail unless storage_path is shared; default: yes when the cluster has >1 node"
+        default=None, description="fail unless storage_path is shared; default: yes on a cluster raypose "
+        "connects to ($RAY_ADDRESS, every Ray job) or one with >1 node; false declares an NFS path"
     )
     worst: int = Field(default=100, ge=1, description="worst images rendered by the final error analysis")
     final_analysis: bool = True
