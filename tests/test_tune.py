@@ -1,5 +1,7 @@
 """Searches on Ray Tune: a quickstart-sized search on CPU, resume without duplicate MLflow runs,
-and a real two-node Ray cluster on loopback running a submitted job."""
+the cluster checks (shared storage, an MLflow server), the study's state in S3, and a real
+two-node Ray cluster on loopback running a submitted search with S3 storage (moto) and an MLflow
+tracking server."""
 
 from __future__ import annotations
 
