@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic data set built once per test session.
+"""Shared fixtures: a tiny synthetic data set built once per test session, and real services
+started on loopback and stopped by handle (moto's S3 server, an MLflow tracking server).
 
 ``synth_data`` is used by many test modules (data, training, evaluation, analysis); keep its
 name and attributes stable.
@@ -125,3 +126,133 @@ def ray_local():
         # with the dashboard: its State API lets Train V2 free the resources of trials ASHA stops
         ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False, configure_logging=False)
     return ray
+
+
+# --- Real services on loopback, started and stopped by handle --------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until(ready, what: str, proc, timeout_s: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def _stop(proc) -> None:
+    """End a server started with ``start_new_session=True`` and the processes it started (its
+    own process group: `mlflow server` runs uvicorn as a child)."""
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=20)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's S3 server on loopback; ``env`` is what a process (or a Ray node) needs to use it."""
+
+    endpoint: str
+    env: dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's server mode (``moto[server]``) as a subprocess on a free 127.0.0.1 port; pyarrow,
+    Ray and boto3 reach it through ``AWS_ENDPOINT_URL``."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def ready() -> bool:
+        try:
+            return urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait_until(ready, "moto server", proc)
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        yield S3Server(endpoint, env)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the moto server, with this process's AWS variables pointing at it."""
+    import re
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    s3_server.client().create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``mlflow server`` on a free 127.0.0.1 port (sqlite backend, artifacts proxied into a
+    temporary folder); yields its http:// tracking URI."""
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    proc = subprocess.Popen(
+        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")],
+        stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait_until(ready, f"mlflow server (log: {folder / 'server.log'})", proc)
+        yield uri
+    finally:
+        _stop(proc)

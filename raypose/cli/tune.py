@@ -52,6 +52,8 @@ def _tune(args) -> int:
         print(f"MLflow tracking URI: {uri}  (compare trials with `mlflow ui --backend-store-uri {uri}`)")
     study = run_study(space, resume=args.resume)
     print(study.report)
+    for note in study.notes:
+        print(f"note: {note}")
     print(f"best checkpoint, config, metrics and report: {study.best_dir}")
     return 0
 

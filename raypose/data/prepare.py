@@ -44,6 +44,25 @@ def ensure_data(data: DataConfig) -> None:
     )
 
 
+def require_data(data: DataConfig, node: str) -> None:
+    """Check, on a training worker, that this node has the data the config names.
+
+    Jobs upload code, not data: every node reads ``data.root`` from its own disk or mount.
+
+    Raises:
+        InputError: a file or folder is missing here; the message names the node and the paths.
+    """
+    needed = [data.path(data.train_ann), data.path(data.val_ann), data.path(data.train_images),
+              data.path(data.val_images)]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise InputError(
+            f"data not found on node {node}: {', '.join(missing)} (data.root is {data.root}). Every node "
+            "reads the data from that path: mount or copy it there on each node (the cluster configs mount "
+            "/data), or --set data.root=PATH where the nodes have it"
+        )
+
+
 def build_datasets(data: DataConfig, schema: KeypointSchema) -> tuple[Dataset, Dataset]:
     """The training and validation datasets the config names (``Subset`` when limited).
 

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.util
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from raypose.data.prepare import require_data
 from raypose.errors import ConfigError, TrainingError
 from raypose.training.config import TrainConfig
+from raypose.training.resources import Capacity, TrialRequest, describe_request, fit_trial
 from raypose.training.run import CHECKPOINT_SCORE, run_training
 
 log = logging.getLogger(__name__)
+
+# Whether init_ray started Ray on this machine (its size is then known and fixed) rather than
+# connecting to a cluster; ray.is_initialized() cannot tell the two apart.
+_started_here = False
 
 
 class RaySession:
@@ -61,6 +69,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config: TrainConfig = loop_config["config"]
     torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    # The data is never uploaded with a job: each node reads it from its own disk or mount.
+    require_data(config.data, node=f"{ray.util.get_node_ip_address()} ({socket.gethostname()})")
     run_training(config, RaySession())
 
 
@@ -73,15 +83,69 @@ def init_ray(min_cpus: float = 1.0) -> None:
     """
     import ray
 
+    global _started_here
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    if connected_to_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
     # The dashboard serves the State API, which Train V2 uses to clean up the placement groups of
     # trials that Tune stops early: without it their CPUs and GPUs leak until Ray shuts down.
     ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+    _started_here = True
+
+
+def connected_to_cluster() -> bool:
+    """Whether raypose runs on a Ray cluster it did not start: ``$RAY_ADDRESS`` names one (Ray
+    sets it for every job's driver). Such a cluster may have, or get, other nodes at any time."""
+    return os.environ.get("RAY_ADDRESS", "") not in ("", "local")
+
+
+def cluster_capacity() -> Capacity:
+    """The most the connected cluster can ever give: the autoscaler's maximum where there is
+    one (the nodes may not be up yet), else the resources of its nodes."""
+    import ray
+    from ray._private.state import state  # the autoscaler's config, as Ray Train's own check reads it
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    try:
+        config = state.get_cluster_config()
+        most = (state.get_max_resources_from_cluster_config() or {}) if config else {}
+        groups = [dict(g.resources) for g in config.node_group_configs] if config else []
+    except Exception:  # an older GCS without the autoscaler's state: take the nodes as they are
+        most, groups = {}, []
+    total = ray.cluster_resources()
+
+    def node_max(key: str) -> float:
+        return max([float(r.get(key, 0)) for r in nodes + groups], default=0.0)
+
+    return Capacity(cpus=max(total.get("CPU", 0.0), most.get("CPU", 0)), gpus=max(total.get("GPU", 0.0), most.get("GPU", 0)),
+                    node_cpus=node_max("CPU"), node_gpus=node_max("GPU"))
+
+
+def fit_to_cluster(config: TrainConfig, driver_cpus: float = 0.0) -> tuple[TrainConfig, str | None]:
+    """``config``, checked to fit the cluster: returned as it is when it fits; fitted (fewer
+    workers, a smaller share of a node) on a machine where raypose started Ray, with a note
+    saying so; refused otherwise.
+
+    Raises:
+        ConfigError: the trial asks for more than the cluster can ever give (the GPUs and CPUs
+            asked for and available, and the ``--set`` that fits).
+    """
+    gpu = use_gpu(config)
+    request = TrialRequest(config.workers, config.cpus_per_worker, config.gpus_per_worker if gpu else 0.0,
+                           driver_cpus)
+    fitted = fit_trial(request, cluster_capacity(), adjust=_started_here)
+    if fitted == request:
+        return config, None
+    note = (f"a trial asked for {describe_request(request)}, more than this machine has: fitted to "
+            f"{describe_request(fitted)}")
+    log.warning(note)
+    update = {"workers": fitted.workers, "cpus_per_worker": fitted.cpus_per_worker}
+    if gpu:
+        update["gpus_per_worker"] = fitted.gpus_per_worker
+    return config.model_copy(update=update), note
 
 
 def use_gpu(config: TrainConfig) -> bool:
@@ -134,6 +198,7 @@ def fit(config: TrainConfig, max_failures: int = 0) -> ray.train.Result:
         TrainingError: the run failed; the message is the failing worker's own error (e.g. a
             non-finite loss with its components), not Ray's wrapper around it.
     """
+    config, _ = fit_to_cluster(config)
     try:
         result = build_trainer(config, max_failures=max_failures).fit()
     except ray.train.TrainingFailedError as e:
@@ -155,7 +220,7 @@ def deterministic_failure(error: BaseException) -> str | None:
     return next((kind for kind, marks in DETERMINISTIC_FAILURES.items() if any(m in text for m in marks)), None)
 
 
-def fit_trial(trainer: TorchTrainer) -> tuple[str | None, str | None]:
+def run_trial(trainer: TorchTrainer) -> tuple[str | None, str | None]:
     """Run one search trial's training: ``(None, None)`` when it finished, ``(kind, message)`` when it
     failed deterministically (see :func:`deterministic_failure`).
 

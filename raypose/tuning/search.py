@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raypose.errors import ConfigError, Interrupted
 from raypose.experiment_log import end_trial_run, find_or_create_child_run
 from raypose.storage import is_uri
-from raypose.training.ray_train import build_trainer, fit_trial
+from raypose.training.ray_train import build_trainer, connected_to_cluster, run_trial
 from raypose.tuning.space import (
     OPTUNA_ALTERNATIVE_SEP,
     TRIAL_KIND_KEY,
@@ -46,25 +46,51 @@ FAILURE_KEY = "failure"  # in a trial's last result when it failed deterministic
 FAILED_TRIAL_SCORE = 0.0  # what the search learns from such a trial
 
 
+def shared_storage_required(setting: bool | None, connected: bool, nodes: int) -> bool:
+    """Whether files must go where every node sees them: as ``tune.require_shared_storage``
+    says, else yes on a cluster raypose connected to (``$RAY_ADDRESS``, every Ray job: it may
+    have or get other nodes, e.g. autoscaled GPU workers) or one with several nodes now."""
+    if setting is not None:
+        return setting
+    return connected or nodes > 1
+
+
 def check_shared_storage(space: SearchSpace) -> None:
-    """Multi-node runs need storage every node sees (s3://, gs:// or an NFS mount).
+    """Cluster runs need storage and an MLflow store that every node sees, checked before any
+    trial starts.
 
     Raises:
-        ConfigError: shared storage is required (by default: the cluster has several nodes) and
-            ``tune.storage_path`` is a local path. An NFS mount on every node is declared with
-            ``tune.require_shared_storage: false``.
+        ConfigError: shared storage is required (:func:`shared_storage_required`) and
+            ``tune.storage_path`` is a local path (an NFS mount on every node is declared with
+            ``tune.require_shared_storage: false``); or the MLflow tracking URI is a sqlite or
+            file store on a cluster, whatever that setting says (sqlite over NFS loses writes).
     """
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    required = space.tune.require_shared_storage
-    if required is None:
-        required = nodes > 1
-    if required and not is_uri(space.tune.storage_path):
+    connected = connected_to_cluster()
+    cluster = f"the Ray cluster at $RAY_ADDRESS ({nodes} node(s) now)" if connected else f"the Ray cluster ({nodes} nodes)"
+    if shared_storage_required(space.tune.require_shared_storage, connected, nodes) and not is_uri(space.tune.storage_path):
         raise ConfigError(
-            f"{space.source}: the Ray cluster has {nodes} node(s) and tune.storage_path "
+            f"{space.source}: on {cluster}, tune.storage_path "
             f"{space.tune.storage_path!r} is a local path: checkpoints written on one node are not seen by "
-            "the others. Set tune.storage_path to s3://bucket/path (or gs://), or mount the same NFS path on "
-            "every node and set tune.require_shared_storage: false"
+            "the others. Set tune.storage_path to s3://bucket/path (or gs://; set AWS_ENDPOINT_URL on every node "
+            "for MinIO and other S3-compatible stores), or mount the same NFS path on every node and set "
+            "tune.require_shared_storage: false"
         )
+    uri = space.base.mlflow.tracking_uri or ""
+    if space.base.mlflow.enabled and (connected or nodes > 1) and is_local_tracking_uri(uri):
+        raise ConfigError(
+            f"{space.source}: on {cluster}, the MLflow tracking URI {uri!r} is a file on one machine: trials "
+            "on other nodes would log into their own copy. Start a tracking server (`mlflow server --host 0.0.0.0 "
+            "--port 5000 --backend-store-uri sqlite:///mlflow.db --artifacts-destination s3://bucket/mlflow`, as "
+            "cluster/ray-cluster.yaml does on the head node) and set MLFLOW_TRACKING_URI=http://HEAD:5000 on the "
+            "nodes or mlflow.tracking_uri in the config"
+        )
+
+
+def is_local_tracking_uri(uri: str) -> bool:
+    """Whether an MLflow tracking URI (as ``resolve_tracking_uri`` gives it: a bare folder is
+    already a ``file:`` URI) is a store on one machine's disk."""
+    return uri.startswith(("sqlite:", "file:"))
 
 
 def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str | None) -> None:
@@ -81,7 +107,7 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
         updates["mlflow"] = cfg.mlflow.model_copy(update={"run_id": run_id, "parent_run_id": parent_run_id})
     # Retries happen at one level, Tune's (tune.max_failures), which resumes from the last checkpoint.
     trainer = build_trainer(cfg.model_copy(update=updates), callbacks=[TuneReportCallback()], max_failures=0)
-    kind, message = fit_trial(trainer)
+    kind, message = run_trial(trainer)
     if kind is not None:
         # Out of memory or a non-finite loss happens again on every retry: the search gets a poor
         # result to learn from (Optuna ignores failed trials), the reason is recorded, and it goes on.

@@ -131,7 +131,8 @@ class TuneSettings(BaseModel):
     trial_cpus: float = Field(default=0.1, ge=0, description="CPU held by each trial's driver (not its workers)")
     storage_path: str = Field(default="runs", description="Tune and Train results; s3:// or NFS on clusters")
     require_shared_storage: bool | None = Field(
-        default=None, description="fail unless storage_path is shared; default: yes when the cluster has >1 node"
+        default=None, description="fail unless storage_path is shared; default: yes on a cluster raypose "
+        "connects to ($RAY_ADDRESS, every Ray job) or one with >1 node; false declares an NFS path"
     )
     worst: int = Field(default=100, ge=1, description="worst images rendered by the final error analysis")
     final_analysis: bool = True
@@ -162,11 +163,11 @@ class SearchSpace(BaseModel):
         return f"{self.tune.storage_path}/{self.name}_train"
 
     @property
-    def study_dir(self) -> Path:
-        """A local folder for the study's own files (the parent run id, ``best/``)."""
-        if "://" in self.tune.storage_path:
-            return Path("runs").absolute() / self.name
-        return Path(self.tune.storage_path) / self.name
+    def study_dir(self) -> str:
+        """Where the study's own files live (the parent run id, ``best/``): Tune's experiment
+        folder ``<tune.storage_path>/<name>``, a path or a URI, so that a job on any node (and
+        a later ``--resume`` job) finds them."""
+        return self.tune_dir
 
     def trial_config(self, params: dict[str, Any], name: str) -> TrainConfig:
         """The base config with a trial's values applied (dotted config keys, as Tune's config

@@ -11,14 +11,16 @@ the optimizer (``raypose.training.optim``) and MLflow params (``raypose.training
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raypose.data.prepare import ensure_data
-from raypose.io import load_json, write_json_atomic
-from raypose.training.ray_train import init_ray
+from raypose.storage import join, read_text, upload_folder, write_text
+from raypose.training.ray_train import fit_to_cluster, init_ray
 from raypose.tuning.final import final_stage
 from raypose.tuning.search import check_shared_storage, run_search
 from raypose.tuning.space import SearchSpace
@@ -32,19 +34,21 @@ PARENT_STATE_FILE = "mlflow_parent.json"
 @dataclass(frozen=True)
 class StudyResult:
     """What a finished study found: every trial, the best and the baseline, the summary that
-    ``best/metrics.json`` holds, and where ``best/`` is."""
+    ``best/metrics.json`` holds, where ``best/`` is (a path or a URI), and notes for the user
+    (e.g. trials fitted to this machine)."""
 
     name: str
     trials: list[TrialResult]
     best: TrialResult
     baseline: TrialResult | None
     summary: dict[str, Any]
-    best_dir: Path
+    best_dir: str
     parent_run_id: str | None
+    notes: tuple[str, ...] = ()
 
     @property
     def report(self) -> str:
-        return (self.best_dir / "report.md").read_text()
+        return read_text(join(self.best_dir, "report.md")) or ""
 
 
 def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
@@ -53,24 +57,30 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
     Connects to ``$RAY_ADDRESS`` or starts Ray on this machine.
 
     Raises:
-        ConfigError: storage that other nodes cannot see on a multi-node cluster.
+        ConfigError: storage or an MLflow store that other nodes cannot see on a cluster; a
+            trial that asks for more than the cluster can ever give.
         RayposeError: no trial produced an evaluated checkpoint.
     """
     ensure_data(space.base.data)
     init_ray(min_cpus=space.tune.max_concurrent * _cpus_per_trial(space) + 1)
     check_shared_storage(space)
+    base, note = fit_to_cluster(space.base, driver_cpus=space.tune.trial_cpus)
+    space = space.model_copy(update={"base": base})
     parent = _parent_run(space, resume)
     status = "FAILED"
     try:
         trials = run_search(space, parent.run_id if parent else None, resume)
         best, baseline = pick_best(trials)
-        best_dir = space.study_dir / "best"
-        summary = final_stage(
-            best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), best_dir, trials,
-            analyze=space.tune.final_analysis, worst=space.tune.worst,
-        )
-        if parent is not None:
-            _log_summary(parent, summary, best, best_dir)
+        best_dir = join(space.study_dir, "best")
+        # computed in a local folder, then uploaded beside Tune's state (local, NFS or S3)
+        with tempfile.TemporaryDirectory(prefix="raypose-best-") as tmp:
+            summary = final_stage(
+                best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), Path(tmp), trials,
+                analyze=space.tune.final_analysis, worst=space.tune.worst,
+            )
+            if parent is not None:
+                _log_summary(parent, summary, best, Path(tmp))
+            upload_folder(Path(tmp), best_dir)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -78,7 +88,8 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
     finally:
         if parent is not None:
             _end_parent(space, parent, status)
-    return StudyResult(space.name, trials, best, baseline, summary, best_dir, parent.run_id if parent else None)
+    return StudyResult(space.name, trials, best, baseline, summary, best_dir, parent.run_id if parent else None,
+                       notes=(note,) if note else ())
 
 
 def _end_parent(space: SearchSpace, parent, status: str) -> None:
@@ -102,12 +113,13 @@ def _parent_run(space: SearchSpace, resume: bool):
         return None
     from raypose.experiment_log import MlflowRun
 
-    state_file = space.study_dir / PARENT_STATE_FILE
-    run_id = load_json(state_file)["run_id"] if resume and state_file.is_file() else None
+    state_file = join(space.study_dir, PARENT_STATE_FILE)
+    state = read_text(state_file) if resume else None
+    run_id = json.loads(state)["run_id"] if state else None
     run = MlflowRun(base.mlflow.experiment, uri=base.mlflow.tracking_uri, run_id=run_id,
                     run_name=f"study-{space.name}", tags={"raypose.study": space.name})
     if run_id is None:
-        write_json_atomic(state_file, {"run_id": run.run_id})
+        write_text(state_file, json.dumps({"run_id": run.run_id}))
         run.log_params({
             "num_samples": space.tune.num_samples, "max_concurrent": space.tune.max_concurrent,
             "epochs": base.epochs, "workers_per_trial": base.workers, "asha": space.tune.asha.enabled,

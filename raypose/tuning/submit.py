@@ -34,7 +34,7 @@ def submit_search(address: str, entrypoint: str, working_dir: str, wait: bool = 
         raise RayposeError(f"cannot reach the Ray cluster at {address} ({e}); is `ray start --head` running there?") from None
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAYPOSE_OFFLINE") if k in os.environ}
     runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env}
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    job_id = _submit_when_ready(client, entrypoint, runtime_env)
     print(f"submitted job {job_id} to {address}: {entrypoint}")
     if not wait:
         return "SUBMITTED"
@@ -42,6 +42,27 @@ def submit_search(address: str, entrypoint: str, working_dir: str, wait: bool = 
     status = _wait_for_end(client, job_id)
     print(f"job {job_id}: {status}")
     return status
+
+
+def _submit_when_ready(client, entrypoint: str, runtime_env: dict, timeout_s: float = 180.0) -> str:
+    """Submit the job; while the head's job agent is still starting or busy ("No available agent
+    to submit job"), try again for up to ``timeout_s``. Every try carries the same submission
+    id, so a try that reached the agent after all is found rather than started twice."""
+    import time
+    import uuid
+
+    submission_id = f"raypose_{uuid.uuid4().hex[:12]}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id)
+        except RuntimeError as e:
+            if "already exists" in str(e):
+                return submission_id
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            log.info("the cluster's job agent is not ready yet; trying again")
+            time.sleep(3.0)
 
 
 async def _stream(client, job_id: str) -> None:

@@ -75,3 +75,20 @@ def test_fractional_gpus_per_worker_reach_the_scaling_config(tiny_train_config):
     assert scaling.use_gpu and scaling.num_workers == 2
     assert scaling.resources_per_worker == {"CPU": 1.0, "GPU": 0.25}
     assert not build_trainer(validate_train_config({**cfg.model_dump(), "use_gpu": False})).scaling_config.use_gpu
+
+
+def test_a_node_without_the_data_names_itself_and_the_path(ray_local, tiny_train_config, tmp_path):
+    """The data is never uploaded with a job: the worker checks data.root on its node first."""
+    import socket
+
+    import ray.util
+
+    from raypose.errors import TrainingError
+
+    nowhere = tmp_path / "not-mounted"
+    raw = {**tiny_train_config, "name": "nodata", "workers": 1, "data": {**tiny_train_config["data"], "root": str(nowhere)}}
+    with pytest.raises(TrainingError) as e:
+        fit(validate_train_config(raw))
+    message = str(e.value)
+    assert f"data not found on node {ray.util.get_node_ip_address()} ({socket.gethostname()})" in message
+    assert str(nowhere / "annotations") in message and "--set data.root=" in message

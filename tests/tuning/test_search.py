@@ -1,5 +1,7 @@
 """Searches on Ray Tune: a quickstart-sized search on CPU, resume without duplicate MLflow runs,
-and a real two-node Ray cluster on loopback running a submitted job."""
+the cluster checks (shared storage, an MLflow server), the study's state in S3, and a real
+two-node Ray cluster on loopback running a submitted search with S3 storage (moto) and an MLflow
+tracking server."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 from raypose.cli.main import main
 
@@ -184,7 +186,7 @@ def test_a_trial_with_a_non_finite_loss_is_a_poor_result_not_a_retry(ray_local, 
     assert scores[0] == 0.0
 
 
-def test_local_storage_on_a_multi_node_cluster_is_refused(tiny_train_config, tmp_path):
+def test_local_storage_on_a_multi_node_cluster_is_refused(ray_local, tiny_train_config, tmp_path):
     from raypose.errors import ConfigError
     from raypose.tuning.search import check_shared_storage
     from raypose.tuning.space import load_search_space
@@ -194,79 +196,193 @@ def test_local_storage_on_a_multi_node_cluster_is_refused(tiny_train_config, tmp
         check_shared_storage(space)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.mark.parametrize(("setting", "connected", "nodes", "required"), [
+    (None, False, 1, False),  # Ray started here, one node: local paths are fine
+    (None, False, 2, True),  # several nodes now
+    (None, True, 1, True),  # a cluster raypose connected to: autoscaled nodes may come
+    (False, True, 4, False),  # NFS on every node, declared
+    (True, False, 1, True),
+])
+def test_shared_storage_is_required_on_any_cluster_raypose_connects_to(setting, connected, nodes, required):
+    from raypose.tuning.search import shared_storage_required
+
+    assert shared_storage_required(setting, connected, nodes) is required
+
+
+def test_a_file_mlflow_store_on_a_connected_cluster_is_refused(ray_local, tiny_train_config, tmp_path, monkeypatch):
+    from raypose.errors import ConfigError
+    from raypose.tuning.search import check_shared_storage, is_local_tracking_uri
+    from raypose.tuning.space import load_search_space
+
+    assert is_local_tracking_uri("sqlite:///mlflow.db") and is_local_tracking_uri("file:///tmp/mlruns")
+    assert not is_local_tracking_uri("http://head:5000") and not is_local_tracking_uri("databricks")
+    space = load_search_space(write_space(tmp_path, tiny_train_config, "sqlite:///x.db",
+                                          storage_path="s3://bucket/study"))
+    check_shared_storage(space)  # Ray started here (one node): a local MLflow store is fine
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # as in a Ray job's driver
+    with pytest.raises(ConfigError, match="mlflow server") as e:
+        check_shared_storage(space)
+    assert "MLFLOW_TRACKING_URI=http://" in str(e.value)
+
+
+@pytest.mark.s3
+def test_study_state_lives_in_s3_and_resume_finds_the_parent_run(s3_server, s3_bucket, mlflow_server,
+                                                                 tiny_train_config, tmp_path):
+    """A new job (here: a new call) resuming the study finds the parent run in the study's S3 folder."""
+    from raypose.tuning.space import load_search_space
+    from raypose.tuning.study import PARENT_STATE_FILE, _parent_run
+
+    path = write_space(tmp_path, tiny_train_config, mlflow_server, storage_path=f"s3://{s3_bucket}/study")
+    space = load_search_space(path)
+    assert space.study_dir == f"s3://{s3_bucket}/study/mini"
+    first = _parent_run(space, resume=False)
+    first.end("KILLED")
+    assert s3_server.keys(s3_bucket) == [f"study/mini/{PARENT_STATE_FILE}"]
+    resumed = _parent_run(load_search_space(path), resume=True)
+    assert resumed.run_id == first.run_id
+    resumed.end("FINISHED")
+    _, parents, children = mlflow_state(mlflow_server)
+    assert [p.info.run_id for p in parents] == [first.run_id] and not children
+    assert parents[0].info.status == "FINISHED"
+
+
+def own_ray_processes(folders: list[str]) -> list[int]:
+    """The pids of the Ray nodes whose temp folders are ``folders`` (Ray's processes name their
+    session or temp folder on their command line), with all their descendants."""
+    parents: dict[int, int] = {}
+    own: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if any(folder in cmdline for folder in folders):
+            own.add(int(entry.name))
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in own} - own
+        own |= children
+        grew = bool(children)
+    return sorted(own)
+
+
+def stop_ray_nodes(folders: list[str]) -> None:
+    """Stop only the Ray nodes started with these temp folders (`ray stop` would end every Ray
+    process on the machine, other users' included): SIGTERM, then SIGKILL what is left."""
+    import signal
+
+    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        pids = own_ray_processes(folders)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+            time.sleep(0.5)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 @pytest.fixture
-def two_node_cluster():
-    """A head and a worker node (`ray start`) on loopback; yields the Jobs API address.
-
-    `ray stop --force` ends every Ray process on the machine, so the session's in-process Ray
-    is shut down first (the ``ray_local`` fixture starts it again if a later test needs it).
-    """
+def two_node_cluster(s3_server):
+    """A head and a worker node (`ray start`) on loopback, each with its own session folder and
+    the S3 server's variables in its environment, as a cluster's nodes would have; yields the
+    Jobs API address and the environment. Stops its own nodes only."""
     import tempfile
 
-    import ray
-
-    ray.shutdown()
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(s3_server.env)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray >= 2.59 turns token authentication on for clusters started with `ray start`; a loopback
     # test cluster runs without it (head, worker and job client alike).
     env["RAY_AUTH_MODE"] = "disabled"
     gcs, dashboard = free_port(), free_port()
-    # Ray's socket paths must stay under 108 characters: pytest's tmp_path is too deep.
-    temp = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")
-    # Each node its own session folder, as on separate machines: two nodes sharing one would
-    # unpack and delete the job's working_dir under each other.
-    worker_temp = tempfile.mkdtemp(prefix="rp-ray-w-", dir="/tmp")
+    # Ray's socket paths must stay under 108 characters: pytest's tmp_path is too deep. Each node
+    # its own session folder, as on separate machines: two nodes sharing one would unpack and
+    # delete the job's working_dir under each other.
+    temp = tempfile.mkdtemp(prefix="rp-h-", dir="/tmp")
+    worker_temp = tempfile.mkdtemp(prefix="rp-w-", dir="/tmp")
     head = [ray_bin, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
             f"--temp-dir={temp}", "--disable-usage-stats"]
-    subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
     try:
+        subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
         worker = [ray_bin, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                   f"--temp-dir={worker_temp}"]
         subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
-        yield f"http://127.0.0.1:{dashboard}", env
+        yield f"http://127.0.0.1:{dashboard}", {**env, "RAYPOSE_TEST_HEAD_TEMP": temp}
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_nodes([temp, worker_temp])
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(worker_temp, ignore_errors=True)
 
 
-def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, tiny_train_config, tmp_path):
-    address, env = two_node_cluster
+def head_logs(env: dict[str, str]) -> str:
+    """The end of the head node's job logs (for a failed submission)."""
+    logs = Path(env["RAYPOSE_TEST_HEAD_TEMP"]) / "session_latest" / "logs"
+    parts = []
+    for name in ("dashboard_agent.log", "dashboard_JobHead.log"):
+        text = (logs / name).read_text(errors="replace") if (logs / name).is_file() else "(none)"
+        parts.append(f"\n== {name}\n" + "\n".join(line for line in text.splitlines() if "ResourceRoute" not in line)[-3000:])
+    return "".join(parts)
+
+
+def wait_for_jobs_api(address: str) -> None:
     from ray.job_submission import JobSubmissionClient
 
     deadline = time.monotonic() + 60
     while True:  # the dashboard's job agent comes up a few seconds after `ray start`
         try:
             JobSubmissionClient(address).list_jobs()
-            break
+            return
         except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
+
+
+@pytest.mark.s3
+def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, s3_server, s3_bucket, mlflow_server,
+                                                     tiny_train_config, tmp_path):
+    """The whole cluster path: `raypose submit` from a project folder to two nodes, S3 storage
+    (moto), an MLflow tracking server; the final stage fetches the best checkpoint from S3 and
+    uploads best/ beside Tune's state."""
+    address, env = two_node_cluster
+    wait_for_jobs_api(address)
     project = tmp_path / "project"
     project.mkdir()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # one filesystem under both nodes: it is shared storage, declared as such
-    write_space(project, tiny_train_config, uri, num_samples=2, require_shared_storage=False, final_analysis=False)
+    write_space(project, tiny_train_config, "", num_samples=2, final_analysis=False,
+                storage_path=f"s3://{s3_bucket}/study")
+    space = yaml.safe_load((project / "space.yaml").read_text())
+    del space["base"]["mlflow"]["tracking_uri"]  # the job takes the server from MLFLOW_TRACKING_URI
+    (project / "space.yaml").write_text(yaml.safe_dump(space))
     proc = subprocess.run(
-        [sys.executable, "-m", "raypose", "submit", "--address", address, "space.yaml", "--working-dir", str(project)],
-        cwd=project, env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "raypose", "submit", "--address", address, "space.yaml"],
+        cwd=project, env={**env, "MLFLOW_TRACKING_URI": mlflow_server}, capture_output=True, text=True, timeout=900,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + head_logs(env)
     assert "SUCCEEDED" in proc.stdout
     assert "Study result" in proc.stdout  # the job's logs were streamed back
-    _, parents, children = mlflow_state(uri)
+    _, parents, children = mlflow_state(mlflow_server)
     assert len(parents) == 1 and len(children) == 2
     assert all("oks_map" in c.data.metrics for c in children)
-    # the final stage ran in the job and wrote best/ to the (shared) storage
-    assert (project / "runs" / "mini" / "best" / "checkpoint.pth").is_file()
+    assert parents[0].info.status == "FINISHED" and all(c.info.status != "RUNNING" for c in children)
+    keys = s3_server.keys(s3_bucket, "study/mini/")
+    assert {"study/mini/best/checkpoint.pth", "study/mini/best/metrics.json", "study/mini/best/report.md",
+            "study/mini/mlflow_parent.json"} <= set(keys)
+    assert any(k.endswith("/checkpoint.pth") for k in s3_server.keys(s3_bucket, "study/mini_train/"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from raypose.tuning.submit import EXCLUDES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,3 +43,33 @@ def test_every_raypose_module_is_uploaded_and_data_is_not(tmp_path):
     assert {"search_spaces/quickstart.yaml", "configs/synthetic_tiny.yaml", "pyproject.toml"} <= uploaded
     assert not {n for n in uploaded if n.startswith(("data/", "runs/", "mlruns/", ".venv/")) or n.endswith(".pth")}
     assert "mlflow.db" not in uploaded
+
+
+class FlakyJobClient:
+    """A job client whose head answers as a busy one does: no agent, then (the earlier try
+    having reached the agent after all) the submission id already exists."""
+
+    def __init__(self, answers: list[str | None]):
+        self.answers = answers
+        self.ids: list[str] = []
+
+    def submit_job(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:
+        self.ids.append(submission_id)
+        answer = self.answers.pop(0)
+        if answer is not None:
+            raise RuntimeError(f"Request failed with status code 500: {answer}")
+        return submission_id
+
+
+def test_a_busy_head_is_tried_again_with_the_same_submission_id(monkeypatch):
+    import time
+
+    from raypose.tuning.submit import _submit_when_ready
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    client = FlakyJobClient(["No available agent to submit job, please try again later.",
+                             "Job with submission_id raypose_x already exists."])
+    job_id = _submit_when_ready(client, "python -m raypose tune space.yaml", {})
+    assert len(client.ids) == 2 and len(set(client.ids)) == 1 and job_id == client.ids[0]
+    with pytest.raises(RuntimeError, match="invalid"):  # a real error is not tried again
+        _submit_when_ready(FlakyJobClient(["runtime_env is invalid"]), "x", {})
