@@ -250,3 +250,18 @@ def test_metrics_of_epochs_past_the_last_checkpoint_are_dropped(tmp_path):
     (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 2}\n')
     LocalSession(run_dir)
     assert (run_dir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+def test_unevaluated_epochs_report_no_score_and_keep_the_evaluated_checkpoint(tiny_train_config, tmp_path):
+    """eval_every=2 over 3 epochs: epoch 1 has no oks_map (none carried forward); the kept
+    checkpoints are the best evaluated one and the latest, never an unevaluated one ranked on an old score."""
+    cfg = validate_train_config({**tiny_train_config, "epochs": 3, "eval_every": 2, "keep_checkpoints": 2,
+                                 "schedule": {"name": "constant"}})
+    out = run_training(cfg, LocalSession(cfg.run_dir, keep=2))
+    history = out["history"]
+    assert "oks_map" not in history[0] and history[0]["evaluated"] == 0 and history[0]["checkpoint_score"] == -1.0
+    assert all("oks_map" in m and m["checkpoint_score"] == m["oks_map"] for m in history[1:])
+    lines = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert "oks_map" not in lines[0] and "oks_map" in lines[1]
+    kept = sorted(p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").iterdir())
+    assert kept == ["epoch_0002", "epoch_0003"]
