@@ -206,10 +206,9 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
         epoch=epoch, accumulate=config.accumulate, scaler=state.scaler,
         grad_clip=config.grad_clip, log_every=config.log_every,
     ))
-    if session.world_size > 1:
-        metrics.update(global_train_metrics(metrics, session.device))
     metrics["world_size"] = session.world_size
     if session.world_size > 1:
+        metrics.update(global_train_metrics(metrics, session.device))
         metrics["replica_divergence"] = replica_divergence(state.model)
     if state.act_stats is not None:
         metrics.update(state.act_stats.collect())
