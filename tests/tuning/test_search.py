@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
 
 from raypose.cli.main import main
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.ray
 
