@@ -107,13 +107,13 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
         updates["mlflow"] = cfg.mlflow.model_copy(update={"run_id": run_id, "parent_run_id": parent_run_id})
     # Retries happen at one level, Tune's (tune.max_failures), which resumes from the last checkpoint.
     trainer = build_trainer(cfg.model_copy(update=updates), callbacks=[TuneReportCallback()], max_failures=0)
-    kind, message = run_trial(trainer)
-    if kind is not None:
+    failure, message = run_trial(trainer)
+    if failure is not None:
         # Out of memory or a non-finite loss happens again on every retry: the search gets a poor
         # result to learn from (Optuna ignores failed trials), the reason is recorded, and it goes on.
         log.warning("trial %s failed (%s), reported to the search as oks_map %.1f: %s",
-                    trial_id, kind, FAILED_TRIAL_SCORE, message)
-        tune.report({METRIC: FAILED_TRIAL_SCORE, "epoch": 0, FAILURE_KEY: f"{kind}: {message}"[:500]})
+                    trial_id, failure, FAILED_TRIAL_SCORE, message)
+        tune.report({METRIC: FAILED_TRIAL_SCORE, "epoch": 0, FAILURE_KEY: f"{failure}: {message}"[:500]})
 
 
 class TrialRunCloser(Callback):
