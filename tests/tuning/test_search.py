@@ -319,17 +319,25 @@ def two_node_cluster(s3_server):
     worker_temp = tempfile.mkdtemp(prefix="rp-w-", dir="/tmp")
     head = [ray_bin, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--temp-dir={temp}", "--disable-usage-stats"]
+            f"--temp-dir={temp}", "--disable-usage-stats", *node_ports()]
     try:
         subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
         worker = [ray_bin, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                  f"--temp-dir={worker_temp}"]
+                  f"--temp-dir={worker_temp}", *node_ports()]
         subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dashboard}", {**env, "RAYPOSE_TEST_HEAD_TEMP": temp}
     finally:
         stop_ray_nodes([temp, worker_temp])
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(worker_temp, ignore_errors=True)
+
+
+def node_ports() -> list[str]:
+    """Free ports for one node's agents. Separate machines would all use Ray's defaults (the
+    dashboard agent's 52365, say); nodes sharing this machine, and the tests' in-process Ray,
+    would collide on them and leave the head without a job agent."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
 
 
 def head_logs(env: dict[str, str]) -> str:
