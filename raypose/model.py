@@ -33,7 +33,7 @@ import torchvision
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torchvision.models.detection import KeypointRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -41,6 +41,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import box_area
 from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from raypose.errors import WeightsError
 from raypose.schema import KeypointSchema, schema_for
@@ -115,6 +116,9 @@ class ModelConfig(BaseModel):
     box_head_size: int | None = Field(
         default=None, gt=0, description="box head MLP width; null = torchvision's 1024"
     )
+    fpn_channels: int = Field(
+        default=256, gt=0, description="FPN output width; 256 is torchvision's (and its weights'), 64 suits tiny CPU models"
+    )
     box_batch_size_per_image: int = Field(default=512, gt=0, description="ROIs sampled per image for the box head")
     rpn_post_nms_top_n_train: int = Field(default=2000, gt=0, description="proposals kept per image in training")
     min_size: list[int] = Field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
@@ -154,6 +158,11 @@ def build_model(config: ModelConfig) -> KeypointRCNN:
         _load_backbone_body(body, config)
     trainable = 5 if config.trainable_backbone_layers is None else config.trainable_backbone_layers
     backbone = _resnet_fpn_extractor(body, trainable)
+    if config.fpn_channels != backbone.out_channels:
+        backbone = BackboneWithFPN(
+            body, {f"layer{k}": str(k - 1) for k in range(1, 5)}, [body.inplanes // 8 * 2**i for i in range(4)], config.fpn_channels,
+            extra_blocks=LastLevelMaxPool(),
+        )
     heads = _head_overrides(config, backbone.out_channels)
     model = KeypointRCNN(
         backbone,

@@ -77,6 +77,7 @@ TINY_MODEL = {
     "norm": "batch",
     "keypoint_head_channels": [64, 64, 64, 64],
     "box_head_size": 256,
+    "fpn_channels": 64,  # as configs/synthetic_tiny.yaml: a CPU step 3x faster than with 256
     "box_batch_size_per_image": 64,
     "rpn_post_nms_top_n_train": 300,
     "min_size": [128],
@@ -100,6 +101,8 @@ def tiny_train_config(synth_data: SynthData, tmp_path: Path) -> dict:
         "data": {
             "root": str(synth_data.root),
             "kind": "synthetic",
+            "synth": {"train": SYNTH_TRAIN_IMAGES, "val": SYNTH_VAL_IMAGES, "seed": SYNTH_SEED,
+                      "image_size": list(SYNTH_IMAGE_SIZE)},
             "loader_workers": 0,
             "train_limit": 4,
             "val_limit": 4,

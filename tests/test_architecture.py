@@ -20,7 +20,8 @@ OWNERS = {
     "mlflow": "raypose.experiment_log",
 }
 PURE = ("raypose.model", "raypose.schema", "raypose.data", "raypose.evaluation", "raypose.analysis",
-        "raypose.video.smoothing", "raypose.tuning.trials", "raypose.tuning.final", "raypose.storage",
+        "raypose.video.smoothing", "raypose.tuning.trials", "raypose.tuning.final", "raypose.tuning.importance",
+        "raypose.tuning.plots", "raypose.storage",
         "raypose.training.resources")
 FORBIDDEN_IN_PURE = ("ray", "mlflow")
 

@@ -57,6 +57,22 @@ def test_trainable_backbone_layers_and_output_shapes():
     assert out["keypoints"].shape[1:] == (23, 3) and out["keypoints_scores"].shape[1:] == (23,)
 
 
+def test_a_narrower_fpn_feeds_every_head_and_keeps_the_trainable_layers():
+    wide = build_model(ModelConfig(**{**TINY, "fpn_channels": 256}, trainable_backbone_layers=2))
+    narrow = build_model(ModelConfig(**{**TINY, "fpn_channels": 64}, trainable_backbone_layers=2))
+    assert narrow.backbone.out_channels == 64
+    assert narrow.rpn.head.conv[0][0].in_channels == 64
+    assert narrow.roi_heads.keypoint_head[0].in_channels == 64
+    assert narrow.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    trainable = {n.split(".")[2] for n, p in narrow.named_parameters() if n.startswith("backbone.body") and p.requires_grad}
+    assert trainable == {"layer3", "layer4"}
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < count(wide) - 2_000_000
+    narrow.eval()
+    out = narrow([torch.rand(3, 120, 150)])[0]
+    assert out["keypoints"].shape[1:] == (23, 3)
+
+
 @pytest.fixture(scope="module")
 def coco17_state(tmp_path_factory):
     """A 17-keypoint ResNet-50 KeypointRCNN state dict in torchvision's layout (frozen batch norm,

@@ -55,6 +55,7 @@ def _tune(args) -> int:
     for note in study.notes:
         print(f"note: {note}")
     print(f"best checkpoint, config, metrics and report: {study.best_dir}")
+    print(study.summary["sentence"])
     return 0
 
 

@@ -24,16 +24,20 @@ def ensure_data(data: DataConfig) -> None:
     """Make sure the data the config names is there; generate the synthetic set when missing.
 
     Raises:
-        InputError: COCO files are missing; the message says how to download and prepare them.
+        InputError: COCO files are missing (the message says how to download and prepare them),
+            or ``data.root`` holds a synthetic set generated with other ``data.synth`` settings.
     """
     needed = [data.path(data.train_ann), data.path(data.val_ann)]
+    if data.kind == "synthetic" and all(p.is_file() for p in needed):
+        check_synthetic_settings(data)
     if all(p.is_file() for p in needed):
         return
     if data.kind == "synthetic":
-        from raypose.data.synth import generate_synthetic_dataset, prepare_dataset
+        from raypose.data.synth import SynthStyle, generate_synthetic_dataset, prepare_dataset
 
         log.info("generating the synthetic data set in %s", data.root)
-        generate_synthetic_dataset(data.root, data.synth.train, data.synth.val, seed=data.synth.seed)
+        style = SynthStyle(**data.synth.model_dump(exclude={"train", "val", "seed"}))
+        generate_synthetic_dataset(data.root, data.synth.train, data.synth.val, seed=data.synth.seed, style=style)
         prepare_dataset(data.root)
         return
     missing = ", ".join(str(p) for p in needed if not p.is_file())
@@ -42,6 +46,37 @@ def ensure_data(data: DataConfig) -> None:
         "annotations_trainval2017) and the CMU foot annotations (person_keypoints_{train,val}2017_foot_v1.json) "
         f"into {data.root} as described in the README, then run `raypose data prepare --root {data.root}`"
     )
+
+
+SYNTH_COUNTS = ("train", "val")  # fewer or more images: the same kind of data
+
+
+def check_synthetic_settings(data: DataConfig) -> None:
+    """Compare the settings ``data.root``'s synthetic set was generated with (its manifest) with
+    ``data.synth``: other image counts are logged, other drawing settings (style, seed) refused.
+
+    Raises:
+        InputError: the set was drawn differently; the message names the settings and the fix.
+    """
+    from raypose.data.synth import MANIFEST, read_manifest
+
+    found = read_manifest(data.root)
+    wanted = data.synth.model_dump(mode="json")
+    if found is None:
+        log.warning("%s has no %s: the settings of this synthetic set are unknown (made by an older raypose?); "
+                    "remove the folder to generate it as data.synth says", data.root, MANIFEST)
+        return
+    changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+    drawn = {k: pair for k, pair in changed.items() if k not in SYNTH_COUNTS}
+    if drawn:
+        what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in drawn.items())
+        raise InputError(
+            f"{data.root} holds a synthetic data set drawn with other settings than data.synth ({what}): "
+            "remove that folder to generate it anew, or set data.root to another folder"
+        )
+    if changed:
+        log.info("%s: synthetic set generated with %s", data.root,
+                 ", ".join(f"{k}={old} (data.synth says {new})" for k, (old, new) in changed.items()))
 
 
 def require_data(data: DataConfig, node: str) -> None:

@@ -20,9 +20,10 @@ from its own RNG (seed, split, index), so output is deterministic and independen
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,67 @@ def foot_path(root: Path, split: str) -> Path:
     return Path(root) / "annotations" / f"person_keypoints_{split}2017_foot_v1.json"
 
 
+MANIFEST = "synth.json"  # the settings a set was generated with
+
+
+def read_manifest(root: str | os.PathLike) -> dict | None:
+    """The settings ``root``'s synthetic set was generated with, or None (none recorded)."""
+    path = Path(root) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def merged_path(root: Path, split: str) -> Path:
     return Path(root) / "annotations" / f"person_keypoints_{split}2017_foot23.json"
 
 
 def image_dir(root: Path, split: str) -> Path:
     return Path(root) / f"{split}2017"
+
+
+@dataclass(frozen=True)
+class SynthStyle:
+    """How hard the drawn images are. The defaults are the standard set the tests and demos use;
+    the quickstart draws an easier one (see ``configs/synthetic_tiny.yaml``).
+
+    Attributes:
+        image_size: (min, max) of each image side in pixels.
+        max_people: most labelled figures per image (1-4); counts above it are not drawn.
+        empty_fraction: share of images with no figure at all.
+        person_height: (min, max) height of a regular figure as a fraction of the image height.
+        small_fraction: share of figures drawn small (0.12-0.3 of the image height; below 28 px unlabelled).
+        clutter: 0-1, scales background shapes and the chance of an occluder or a crowd.
+    """
+
+    image_size: tuple[int, int] = (160, 256)
+    max_people: int = 4
+    empty_fraction: float = 0.08
+    person_height: tuple[float, float] = (0.4, 0.95)
+    small_fraction: float = 0.15
+    clutter: float = 1.0
+
+    def __post_init__(self) -> None:
+        low, high = self.image_size
+        problems = []
+        if not 32 <= low <= high:
+            problems.append(f"image_size must satisfy 32 <= min <= max, got {tuple(self.image_size)}")
+        if not 1 <= self.max_people <= len(_PEOPLE_P):
+            problems.append(f"max_people must be 1-{len(_PEOPLE_P)}, got {self.max_people}")
+        h_low, h_high = self.person_height
+        if not 0.05 <= h_low <= h_high <= 1.5:
+            problems.append(f"person_height must satisfy 0.05 <= min <= max <= 1.5, got {tuple(self.person_height)}")
+        for name in ("empty_fraction", "small_fraction", "clutter"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if problems:
+            raise InputError("synthetic style: " + "; ".join(problems))
+
+    def people_p(self) -> np.ndarray:
+        """Probabilities of 1..4 figures in a non-empty image, cut at ``max_people``."""
+        p = np.array(_PEOPLE_P[: self.max_people])
+        return np.concatenate([p / p.sum(), np.zeros(len(_PEOPLE_P) - self.max_people)])
+
+
+_PEOPLE_P = (0.3, 0.35, 0.22, 0.13)
 
 
 @dataclass
@@ -200,7 +256,7 @@ def _draw_figure(
 # ----------------------------------------------------------------------------- images
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+def _background(rng: np.random.Generator, width: int, height: int, clutter: float = 1.0) -> Image.Image:
     """Smooth low-contrast noise plus a few muted shapes: textured, but not louder than the figures."""
     base = rng.uniform(90, 190, 3)
     grid = (max(2, height // 24), max(2, width // 24))
@@ -213,7 +269,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     field_ += rng.normal(0, 6, (height, width, 3))
     image = Image.fromarray(np.clip(field_, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(round(rng.integers(2, 6) * clutter)):
         x0, y0 = rng.uniform(-0.2, 1.0) * width, rng.uniform(-0.2, 1.0) * height
         x1, y1 = x0 + rng.uniform(0.1, 0.6) * width, y0 + rng.uniform(0.1, 0.6) * height
         gray = rng.uniform(70, 190)
@@ -243,24 +299,28 @@ def _mask_box(mask: np.ndarray) -> tuple[list[float], float] | None:
     return [x0, y0, x1 - x0, y1 - y0], float(len(xs))
 
 
-def _render_image(rng: np.random.Generator, width: int, height: int, crowd: bool) -> tuple[Image.Image, list]:
+def _render_image(
+    rng: np.random.Generator, width: int, height: int, crowd: bool, style: SynthStyle
+) -> tuple[Image.Image, list]:
     """One image and its people as ``(kind, keypoints (K, 3) or None, bbox, area)`` tuples."""
-    image = _background(rng, width, height)
+    image = _background(rng, width, height, style.clutter)
     draw = ImageDraw.Draw(image)
-    n_figures = 0 if rng.random() < 0.08 else int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.22, 0.13]))
+    empty = rng.random() < style.empty_fraction
+    n_figures = 0 if empty else int(rng.choice([1, 2, 3, 4], p=style.people_p()))
     people = []
     if crowd:  # distant people first, so every labelled figure is in front of them
         people.append(_draw_crowd(rng, draw, width, height))
     figures = []  # (keypoints 2d, height, mask)
     for _ in range(n_figures):
-        fig_h = height * (rng.uniform(0.12, 0.3) if rng.random() < 0.15 else rng.uniform(0.4, 0.95))
+        small = rng.random() < style.small_fraction
+        fig_h = height * (rng.uniform(0.12, 0.3) if small else rng.uniform(*style.person_height))
         center = np.array([rng.uniform(-0.05, 1.05) * width, rng.uniform(0.3, 0.85) * height])
         pts = _figure_keypoints(rng, center, fig_h)
         mask_img = Image.new("L", (width, height), 0)
         _draw_figure(rng, (draw, ImageDraw.Draw(mask_img)), pts, fig_h)
         figures.append((pts, fig_h, np.asarray(mask_img) > 0))
     occluder = np.zeros((height, width), dtype=bool)
-    if figures and rng.random() < 0.3:
+    if figures and rng.random() < 0.3 * style.clutter:
         x0, y0 = rng.uniform(0, 0.8) * width, rng.uniform(0.2, 0.8) * height
         box = [x0, y0, x0 + rng.uniform(0.12, 0.35) * width, y0 + rng.uniform(0.12, 0.35) * height]
         draw.rectangle(box, fill=_jitter_color(rng, rng.uniform(80, 180, 3), 0), outline=(30, 30, 30))
@@ -308,14 +368,16 @@ def _annotation(ann_id: int, image_id: int, kps: np.ndarray | None, bbox: list, 
     }
 
 
-def _split_records(split: str, count: int, seed: int, size: tuple[int, int], image_folder: Path) -> tuple:
+def _split_records(split: str, count: int, seed: int, style: SynthStyle, image_folder: Path) -> tuple:
     """Render ``count`` images of ``split``; return (images, 23-point annotations, foot ann ids)."""
     images, annotations, foot_ids = [], [], []
+    low, high = style.image_size
     for n in range(count):
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], n])
-        width, height = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
+        width, height = (int(v) for v in rng.integers(low, high + 1, 2))
         image_id = _IMAGE_ID_BASE[split] + n
-        image, people = _render_image(rng, width, height, crowd=split == "train" and rng.random() < 0.15)
+        crowd = split == "train" and rng.random() < 0.15 * style.clutter
+        image, people = _render_image(rng, width, height, crowd, style)
         file_name = f"{image_id:012d}.jpg"
         with atomic_path(image_folder / file_name) as tmp:
             image.save(tmp, format="JPEG", quality=92)
@@ -380,30 +442,36 @@ def generate_synthetic_dataset(
     num_train: int,
     num_val: int,
     seed: int = 0,
-    image_size: tuple[int, int] = (160, 256),
+    image_size: tuple[int, int] | None = None,
+    style: SynthStyle | None = None,
 ) -> SynthLayout:
     """Write a synthetic data set in the COCO + CMU-foot layout (see the module docstring).
 
+    Training and validation images are drawn the same way from disjoint RNG streams.
+
     Args:
         image_size: (min, max) of each image side in pixels; each image draws its width and height
-            uniformly from this range.
+            uniformly from this range. Overrides ``style.image_size``.
+        style: how hard the images are (people per image, their size, clutter); default standard.
 
     Raises:
-        InputError: negative counts or an invalid size range.
+        InputError: negative counts or an invalid style.
     """
     if num_train < 0 or num_val < 0:
         raise InputError(f"image counts must be >= 0, got train={num_train} val={num_val}")
-    low, high = image_size
-    if not 32 <= low <= high:
-        raise InputError(f"image size range must satisfy 32 <= min <= max, got {image_size}")
+    style = style or SynthStyle()
+    if image_size is not None:
+        style = replace(style, image_size=tuple(image_size))
     layout = SynthLayout(root=Path(out_dir))
     for split, count in (("train", num_train), ("val", num_val)):
         folder = layout.images(split)
         folder.mkdir(parents=True, exist_ok=True)
-        images, annotations, foot_ids = _split_records(split, count, seed, (low, high), folder)
+        images, annotations, foot_ids = _split_records(split, count, seed, style, folder)
         _write_split_files(layout.root, split, images, annotations, foot_ids)
         layout.num_images[split] = len(images)
         layout.num_people[split] = len(annotations)
+    settings = {"train": num_train, "val": num_val, "seed": seed, **asdict(style)}
+    write_json_atomic(layout.root / MANIFEST, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
     return layout
 
 

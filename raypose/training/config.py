@@ -25,11 +25,20 @@ class _Strict(BaseModel):
 
 
 class SynthConfig(_Strict):
-    """Generate the synthetic data set at ``data.root`` when it is missing."""
+    """Generate the synthetic data set at ``data.root`` when it is missing; the style fields say
+    how hard its images are (``raypose.data.synth.SynthStyle``; the defaults are the standard set)."""
 
     train: int = Field(default=64, gt=0, description="synthetic training images")
     val: int = Field(default=16, gt=0, description="synthetic validation images")
     seed: int = 0
+    image_size: tuple[int, int] = Field(default=(160, 256), description="(min, max) image side in pixels")
+    max_people: int = Field(default=4, ge=1, le=4, description="most figures per image")
+    empty_fraction: float = Field(default=0.08, ge=0, le=1, description="share of images without a figure")
+    person_height: tuple[float, float] = Field(
+        default=(0.4, 0.95), description="(min, max) figure height as a fraction of the image height"
+    )
+    small_fraction: float = Field(default=0.15, ge=0, le=1, description="share of figures drawn small (far away)")
+    clutter: float = Field(default=1.0, ge=0, le=1, description="background shapes, occluders and crowds (0-1)")
 
 
 class DataConfig(_Strict):

@@ -19,6 +19,8 @@ from raypose.io import write_json_atomic, write_text_atomic
 from raypose.storage import fetch_file
 from raypose.training.config import TrainConfig, save_resolved_config
 from raypose.training.loop import predict_loader
+from raypose.tuning.importance import Importances, importance_lines, param_importances
+from raypose.tuning.plots import plot_importances, plot_trial_curves
 from raypose.tuning.trials import TrialResult, epochs_saved
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,14 @@ def run_error_analysis(config: TrainConfig, dets_path: str, out_dir: Path, worst
 
 def final_stage(
     best: TrialResult, baseline: TrialResult | None, config: TrainConfig, out_dir: Path,
-    trials: list[TrialResult], analyze: bool = True, worst: int = 100,
+    trials: list[TrialResult], analyze: bool = True, worst: int = 100, search: dict[str, list] | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir`` (``best/``) and return the study summary (also in ``metrics.json``)."""
+    """Write ``out_dir`` (``best/``) and return the study summary (also in ``metrics.json``).
+
+    The best checkpoint, and the baseline's when it has one, are evaluated on the full
+    validation set; ``search`` (the space's searched keys and their distributions) rates which
+    settings mattered.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = fetch_file(f"{best.best_checkpoint}/{CHECKPOINT_FILE}", out_dir / CHECKPOINT_FILE)
     save_resolved_config(config, out_dir / "config.yaml")
@@ -70,20 +77,69 @@ def final_stage(
         "baseline_trial": baseline.trial_id if baseline else None,
         "baseline_oks_map": baseline.best_oks_map if baseline else None,
         "gain_over_baseline": (best.best_oks_map - (baseline.best_oks_map or 0.0)) if baseline else None,
+        "baseline_validation": _baseline_validation(baseline, best, evaluation, config, out_dir),
         "trials": len(trials),
         "trial_epochs_saved": epochs_saved(trials, config.epochs),
+        "curves": {t.trial_id: [list(point) for point in t.history] for t in trials},  # [epoch, oks_map] pairs
     }
+    importances = param_importances(trials, search or {})
+    summary["importances"] = dict(importances.values) if importances else None
+    if importances and importances.values:
+        plot_importances(importances, out_dir / "importances.png")
+    plot_trial_curves(trials, out_dir / "trial_curves.png", best_id=best.trial_id)
     if analyze:
         summary["analysis"] = run_error_analysis(config, evaluation["detections"], out_dir / "analysis", worst)
+    summary["sentence"] = study_sentence(summary)
     write_json_atomic(out_dir / "metrics.json", summary, indent=2)
-    write_text_atomic(out_dir / "report.md", study_report(summary, trials))
+    write_text_atomic(out_dir / "report.md", study_report(summary, trials, importances))
     return summary
 
 
-def study_report(summary: dict[str, Any], trials: list[TrialResult]) -> str:
-    """A Markdown summary: the result, then one line per trial, best first."""
+def _baseline_validation(
+    baseline: TrialResult | None, best: TrialResult, best_eval: dict[str, Any], config: TrainConfig, out_dir: Path
+) -> dict[str, float] | None:
+    """The baseline's best checkpoint on the full validation set (its own config is the
+    checkpoint's: the model and data are the study's), so both recipes are compared on the same images."""
+    if baseline is None or not baseline.best_checkpoint:
+        return None
+    if baseline.trial_id == best.trial_id:
+        return best_eval["stats"]
+    folder = out_dir / "baseline"
+    folder.mkdir(exist_ok=True)
+    ckpt = fetch_file(f"{baseline.best_checkpoint}/{CHECKPOINT_FILE}", folder / CHECKPOINT_FILE)
+    try:
+        return evaluate_full_validation(ckpt, config, folder)["stats"]
+    finally:
+        ckpt.unlink(missing_ok=True)  # best/ keeps one checkpoint: the best's
+
+
+def study_sentence(summary: dict[str, Any]) -> str:
+    """What the search found, compared with the default recipe, in one sentence."""
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in summary["best_config"].items())
+    ap = summary["validation"]["AP"]
+    found = f"The search's best recipe (trial {summary['best_trial']}: {params or 'the base config'}) reaches " \
+            f"full-validation OKS AP {ap:.3f}"
+    base = summary.get("baseline_validation")
+    if summary["baseline_trial"] is None or base is None:
+        return found + " (no default-recipe trial to compare with)."
+    if summary["baseline_trial"] == summary["best_trial"]:
+        return found + ": it is torchvision's default recipe itself, which no searched recipe beat."
+    gain = ap - base["AP"]
+    verdict = "above" if gain > 0 else "below"
+    return found + f", {abs(gain):.3f} {verdict} torchvision's default recipe ({base['AP']:.3f}) on the same budget."
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def study_report(summary: dict[str, Any], trials: list[TrialResult], importances: Importances | None = None) -> str:
+    """A Markdown summary: the sentence, the result, the trials' curves, one line per trial (best
+    first), then which settings mattered."""
     lines = [
         f"# Study result: trial {summary['best_trial']}",
+        "",
+        summary.get("sentence") or study_sentence(summary),
         "",
         f"- oks_map during the search: {summary['search_oks_map']:.4f} (epoch {summary['best_epoch']})",
         f"- full validation AP: {summary['validation']['AP']:.4f} (AP50 {summary['validation']['AP50']:.4f}) "
@@ -91,13 +147,17 @@ def study_report(summary: dict[str, Any], trials: list[TrialResult]) -> str:
     ]
     if summary["baseline_trial"]:
         base = summary["baseline_oks_map"]
-        lines.append(f"- torchvision default recipe (trial {summary['baseline_trial']}): "
-                     f"{base if base is None else f'{base:.4f}'}; gain {summary['gain_over_baseline']:+.4f}")
+        full = summary.get("baseline_validation")
+        lines.append(f"- torchvision default recipe (trial {summary['baseline_trial']}): oks_map "
+                     f"{base if base is None else f'{base:.4f}'}, gain {summary['gain_over_baseline']:+.4f}"
+                     + (f"; full validation AP {full['AP']:.4f}" if full else ""))
     lines += [f"- trial-epochs saved by early stopping: {summary['trial_epochs_saved']:.0%}", "",
+              "![oks_map per epoch of every trial](trial_curves.png)", "",
               "| trial | kind | epochs | best oks_map | error | params |", "|---|---|---|---|---|---|"]
     for t in sorted(trials, key=lambda t: -(t.best_oks_map if t.best_oks_map is not None else -1)):
         score = "-" if t.best_oks_map is None else f"{t.best_oks_map:.4f}"
         error = (t.error or "")[:60].replace("|", "/").replace("\n", " ")
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
         lines.append(f"| {t.trial_id} | {t.kind} | {t.epochs} | {score} | {error} | {params} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", *importance_lines(importances)]
+    return "\n".join(lines).rstrip() + "\n"

@@ -243,10 +243,12 @@ def _trial_result(result: tune.Result, train_storage: str) -> TrialResult:
     df = result.metrics_dataframe
     if df is not None and METRIC in df:
         scored = df.dropna(subset=[METRIC])
+        evaluated = scored[scored[FAILURE_KEY].isna()] if FAILURE_KEY in scored else scored
         if len(scored):
             best = scored.loc[scored[METRIC].idxmax()]
             fields = dict(epochs=int(df["epoch"].max()), best_oks_map=float(best[METRIC]), best_epoch=int(best["epoch"]),
-                          best_checkpoint=checkpoint_uri(best.get("checkpoint_path"), train_storage))
+                          best_checkpoint=checkpoint_uri(best.get("checkpoint_path"), train_storage),
+                          history=tuple((int(e), float(v)) for e, v in zip(evaluated["epoch"], evaluated[METRIC])))
     return TrialResult(
         trial_id=(result.metrics or {}).get("trial_id") or Path(result.path).name,
         kind=config.get(TRIAL_KIND_KEY, "search"),

@@ -76,7 +76,7 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
         with tempfile.TemporaryDirectory(prefix="raypose-best-") as tmp:
             summary = final_stage(
                 best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), Path(tmp), trials,
-                analyze=space.tune.final_analysis, worst=space.tune.worst,
+                analyze=space.tune.final_analysis, worst=space.tune.worst, search=space.search,
             )
             if parent is not None:
                 _log_summary(parent, summary, best, Path(tmp))
@@ -157,5 +157,8 @@ def _log_summary(parent, summary: dict[str, Any], best: TrialResult, best_dir: P
         "gain_over_baseline": summary["gain_over_baseline"] or 0.0,
         "trial_epochs_saved": summary["trial_epochs_saved"],
     }, step=0)
-    parent.set_tags({"raypose.best_trial": best.trial_id})
+    parent.set_tags({"raypose.best_trial": best.trial_id, "mlflow.note.content": summary["sentence"]})
+    for plot in ("trial_curves.png", "importances.png"):  # at the top of the run's artifacts, to see first
+        if (best_dir / plot).is_file():
+            parent.log_artifact(best_dir / plot)
     parent.log_artifact(best_dir, "best")

@@ -17,7 +17,8 @@ class TrialResult:
 
     ``params`` are the trial's searched values under their config keys (``optim.lr``), the same
     names MLflow, Tune's trial names, ``metrics.json`` and ``report.md`` use. ``best_checkpoint``
-    is the Train checkpoint folder (a local path or a URI) of the epoch with ``best_oks_map``.
+    is the Train checkpoint folder (a local path or a URI) of the epoch with ``best_oks_map``;
+    ``history`` is its learning curve.
     """
 
     trial_id: str
@@ -28,6 +29,7 @@ class TrialResult:
     best_epoch: int | None = None
     best_checkpoint: str | None = None
     error: str | None = None
+    history: tuple[tuple[int, float], ...] = ()  # (epoch, oks_map) of every evaluated epoch
 
     @property
     def scored(self) -> bool:

@@ -85,7 +85,53 @@ def test_generation_is_deterministic_by_seed(tmp_path):
 def test_bad_arguments_and_missing_sources(tmp_path):
     with pytest.raises(InputError, match="image counts"):
         generate_synthetic_dataset(tmp_path, -1, 1)
-    with pytest.raises(InputError, match="image size range"):
+    with pytest.raises(InputError, match="image_size"):
         generate_synthetic_dataset(tmp_path, 1, 1, image_size=(100, 50))
     with pytest.raises(InputError, match="no split has both"):
         prepare_dataset(tmp_path / "empty")
+
+
+def test_an_easier_style_draws_one_large_person_per_image(tmp_path):
+    from raypose.data.synth import SynthStyle
+
+    easy = SynthStyle(image_size=(96, 128), max_people=1, empty_fraction=0.0, person_height=(0.7, 0.9),
+                      small_fraction=0.0, clutter=0.0)
+    layout = generate_synthetic_dataset(tmp_path, 0, 12, seed=3, style=easy)
+    coco = _load(layout.coco("val"))
+    per_image = {im["id"]: 0 for im in coco["images"]}
+    for ann in coco["annotations"]:
+        per_image[ann["image_id"]] += 1
+        assert not ann["iscrowd"]
+        # a figure 0.7-0.9 of the image height; its box is cut by the frame at most
+        assert ann["bbox"][3] <= 0.95 * 128
+    assert set(per_image.values()) == {1}
+    assert max(ann["bbox"][3] for ann in coco["annotations"]) > 0.6 * 96
+    assert _load(tmp_path / "synth.json") == {"train": 0, "val": 12, "seed": 3, "image_size": [96, 128],
+                                              "max_people": 1, "empty_fraction": 0.0, "person_height": [0.7, 0.9],
+                                              "small_fraction": 0.0, "clutter": 0.0}
+
+
+@pytest.mark.parametrize("bad", [{"max_people": 0}, {"person_height": (0.9, 0.5)}, {"clutter": 2.0}])
+def test_a_bad_style_is_refused_naming_the_field(bad):
+    from raypose.data.synth import SynthStyle
+
+    with pytest.raises(InputError, match=next(iter(bad))):
+        SynthStyle(**bad)
+
+
+def test_a_set_drawn_with_other_settings_is_refused_other_counts_are_not(tmp_path, caplog):
+    from raypose.data.prepare import ensure_data
+    from raypose.training.config import DataConfig
+
+    data = DataConfig(root=str(tmp_path), kind="synthetic", synth={"train": 2, "val": 2, "max_people": 1})
+    ensure_data(data)  # generates it, with its manifest
+    assert len(list((tmp_path / "train2017").iterdir())) == 2
+    ensure_data(data.model_copy(update={"synth": data.synth.model_copy(update={"train": 5})}))  # counts: used as is
+    other = data.model_copy(update={"synth": data.synth.model_copy(update={"max_people": 3, "seed": 1})})
+    with pytest.raises(InputError, match=r"max_people 1 -> 3.*seed 0 -> 1|seed 0 -> 1.*max_people 1 -> 3") as err:
+        ensure_data(other)
+    assert str(tmp_path) in str(err.value) and "remove that folder" in str(err.value)
+    (tmp_path / "synth.json").unlink()
+    with caplog.at_level("WARNING"):
+        ensure_data(other)  # settings unknown: used, with a warning
+    assert "settings of this synthetic set are unknown" in caplog.text

@@ -97,6 +97,7 @@ def test_interrupted_search_resumes_and_logs_trials_once(ray_local, tiny_train_c
     assert main(["tune", str(space), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "Study result" in out and "torchvision default recipe" in out
+    assert out.strip().splitlines()[-1].startswith("The search's best recipe (trial ")  # the last line says it
 
     client, parents, children = mlflow_state(uri)
     assert len(parents) == 1 and len(children) == 3
@@ -140,6 +141,21 @@ def test_interrupted_search_resumes_and_logs_trials_once(ray_local, tiny_train_c
     assert not any("|" in k for k in summary["best_config"]) and "optim.lr" in summary["best_config"]
     report = (best / "report.md").read_text()
     assert "optim.lr=" in report and "optim.lr|" not in report
+    # readable at a glance: the sentence, every trial's curve, which settings mattered
+    assert report.splitlines()[2] == summary["sentence"]
+    assert "](trial_curves.png)" in report and (best / "trial_curves.png").stat().st_size > 10_000
+    for child in children:  # the plotted curves are the epochs each trial logged
+        trial_id = child.data.tags["raypose.name"].rsplit("-", 1)[1]
+        logged = [[m.step, m.value] for m in client.get_metric_history(child.info.run_id, "oks_map")]
+        curve = summary["curves"][trial_id]
+        assert [e for e, _ in curve] == [e for e, _ in sorted(logged)]
+        assert [v for _, v in curve] == pytest.approx([v for _, v in sorted(logged)], abs=1e-6)
+    assert "## Which searched settings mattered" in report and "too few to rate" in report  # 2 search trials
+    assert 0.0 <= summary["baseline_validation"]["AP"] <= 1.0  # both recipes on the full validation set
+    assert (best / "baseline" / "detections.json").is_file() and not (best / "baseline" / "checkpoint.pth").exists()
+    parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"trial_curves.png", "best"} <= parent_artifacts
+    assert parents[0].data.tags["mlflow.note.content"] == summary["sentence"]
 
     # resuming a finished search runs nothing again and logs into the same MLflow runs, once
     assert main(["tune", str(space), "--resume"]) == 0

@@ -1,0 +1,122 @@
+"""The study's report: importances from Optuna's fANOVA, the trials' curves, the one-sentence
+summary. Pure: no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raypose.tuning.final import study_report, study_sentence
+from raypose.tuning.importance import key_distribution, param_importances
+from raypose.tuning.plots import plot_importances, plot_trial_curves
+from raypose.tuning.space import Distribution
+from raypose.tuning.trials import TrialResult
+
+SEARCH = {
+    "optim.name": [Distribution(choice=["sgd", "adamw"])],
+    "optim.lr": [
+        Distribution(loguniform=(3e-4, 3e-3), when={"optim.name": "adamw"}),
+        Distribution(loguniform=(3e-3, 3e-2), when={"optim.name": "sgd"}),
+    ],
+    "optim.weight_decay": [Distribution(uniform=(0.0, 0.1))],
+    "model.freeze": [Distribution(choice=["none", "backbone"])],
+}
+
+
+def trials_where_freezing_decides(n: int, seed: int = 0) -> list[TrialResult]:
+    """Search trials whose score depends on model.freeze only (plus a little noise)."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i in range(n):
+        name = ["sgd", "adamw"][i % 2]
+        freeze = ["none", "backbone"][(i // 2) % 2]
+        lr = float(np.exp(rng.uniform(np.log(3e-4), np.log(3e-3)))) * (10 if name == "sgd" else 1)
+        score = (0.5 if freeze == "none" else 0.1) + rng.normal(0, 0.01)
+        params = {"optim.name": name, "optim.lr": lr, "optim.weight_decay": float(rng.uniform(0, 0.1)),
+                  "model.freeze": freeze}
+        trials.append(TrialResult(f"t{i}", "search", params, epochs=4, best_oks_map=score, best_epoch=4,
+                                  best_checkpoint="/x", history=((2, score / 2), (4, score))))
+    return trials
+
+
+def test_key_distribution_is_the_union_of_a_keys_alternatives():
+    lr = key_distribution(SEARCH["optim.lr"])
+    assert (lr.low, lr.high, lr.log) == (3e-4, 3e-2, True)
+    assert key_distribution(SEARCH["optim.name"]).choices == ("sgd", "adamw")
+    assert key_distribution([Distribution(choice=[1]), Distribution(uniform=(0.0, 1.0))]) is None
+
+
+def test_importances_find_the_setting_that_decides_the_score():
+    trials = trials_where_freezing_decides(40)
+    baseline = TrialResult("base", "baseline", {"optim.name": "sgd", "optim.lr": 0.02}, best_oks_map=0.9)
+    imp = param_importances([*trials, baseline], SEARCH)
+    assert imp.trials == 40  # the baseline is not a point of the space
+    assert next(iter(imp.values)) == "model.freeze"
+    assert imp.values["model.freeze"] > 0.5
+    assert sum(imp.values.values()) == pytest.approx(1.0)
+    assert imp.note is None
+
+
+def test_few_trials_give_importances_with_a_note_and_too_few_give_none():
+    imp = param_importances(trials_where_freezing_decides(5), SEARCH)
+    assert imp is not None and imp.trials == 5 and next(iter(imp.values)) == "model.freeze"
+    assert "only 5 search trials" in imp.note
+    assert param_importances(trials_where_freezing_decides(2), SEARCH) is None
+
+
+def test_a_setting_no_trial_varied_is_listed_as_unrated():
+    trials = [TrialResult(t.trial_id, "search", {**t.params, "optim.name": "adamw"}, best_oks_map=t.best_oks_map)
+              for t in trials_where_freezing_decides(8)]
+    imp = param_importances(trials, SEARCH)
+    assert imp.unrated == {"optim.name": "the same in every trial"} and "optim.name" not in imp.values
+
+
+def test_a_setting_only_some_trials_have_is_not_rated():
+    search = {**SEARCH, "optim.momentum": [Distribution(uniform=(0.8, 0.95), when={"optim.name": "sgd"})]}
+    trials = [TrialResult(t.trial_id, "search", {**t.params, **({"optim.momentum": 0.9} if t.params["optim.name"] == "sgd" else {})},
+                          best_oks_map=t.best_oks_map) for t in trials_where_freezing_decides(8)]
+    imp = param_importances(trials, search)
+    assert imp.unrated == {"optim.momentum": "only some trials have it"} and len(imp.values) == 4
+
+
+def test_plots_are_written(tmp_path):
+    trials = trials_where_freezing_decides(6)
+    trials.append(TrialResult("base", "baseline", {}, epochs=4, best_oks_map=0.2, history=((1, 0.1), (2, 0.2))))
+    trials.append(TrialResult("failed", "search", {}, error="boom"))  # no curve: skipped
+    path = plot_trial_curves(trials, tmp_path / "curves.png", best_id="t0")
+    assert Image.open(path).size[0] > 400
+    imp = param_importances(trials, SEARCH)
+    assert Image.open(plot_importances(imp, tmp_path / "imp.png")).size[1] > 100
+
+
+def summary(best_ap: float, baseline_ap: float | None, best="t1", baseline="t0") -> dict:
+    return {
+        "best_trial": best, "best_config": {"optim.name": "adamw", "optim.lr": 0.00123}, "best_epoch": 4,
+        "search_oks_map": 0.5, "validation": {"AP": best_ap, "AP50": 0.9}, "validation_images": 60,
+        "baseline_trial": baseline, "baseline_oks_map": 0.2, "gain_over_baseline": 0.3,
+        "baseline_validation": None if baseline_ap is None else {"AP": baseline_ap},
+        "trial_epochs_saved": 0.25,
+    }
+
+
+def test_the_sentence_compares_the_best_recipe_with_the_default_on_full_validation():
+    text = study_sentence(summary(0.45, 0.21))
+    assert text.startswith("The search's best recipe (trial t1: optim.name=adamw, optim.lr=0.00123)")
+    assert "OKS AP 0.450, 0.240 above torchvision's default recipe (0.210)" in text
+    assert "0.050 below" in study_sentence(summary(0.20, 0.25))
+    assert "no searched recipe beat" in study_sentence(summary(0.3, 0.3, best="t0"))
+    assert "no default-recipe trial" in study_sentence(summary(0.3, None, baseline=None))
+
+
+def test_report_shows_sentence_curves_and_importances():
+    trials = trials_where_freezing_decides(6)
+    imp = param_importances(trials, SEARCH)
+    report = study_report(summary(0.45, 0.21), trials, imp)
+    lines = report.splitlines()
+    assert lines[2].startswith("The search's best recipe")
+    assert "![oks_map per epoch of every trial](trial_curves.png)" in report
+    assert "![importances](importances.png)" in report and "| model.freeze |" in report
+    assert "Note: only 6 search trials" in report
+    assert "full validation AP 0.2100" in report
+    assert "too few to rate" in study_report(summary(0.45, 0.21), trials[:2], None)
