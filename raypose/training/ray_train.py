@@ -55,13 +55,18 @@ class RaySession:
         ray.train.report(
             metrics,
             checkpoint=checkpoint,
-            checkpoint_dir_name=f"epoch_{int(metrics['epoch']):04d}",
+            checkpoint_dir_name=checkpoint_dir_name(int(metrics["epoch"])),
         )
 
     def already_finished(self, last_metrics: dict[str, float]) -> None:
         """Report the last epoch again (without a checkpoint), so a Tune trial restored after an
         interruption ends with its real last result."""
         ray.train.report(last_metrics)
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    """The folder of epoch ``epoch``'s checkpoint in a Train run's storage (``epoch_0003``)."""
+    return f"epoch_{epoch:04d}"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ two: rank, device, where checkpoints come from and go. Each epoch is :func:`_run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 EVAL_KEYS = {"oks_map": "AP", "oks_ap50": "AP50", "oks_ap75": "AP75", "oks_ar": "AR"}
 # What Ray Train ranks checkpoints by (see _evaluate_if_due); not logged to MLflow.
 CHECKPOINT_SCORE = "checkpoint_score"
+# In each report: every evaluated epoch so far, restored ones included, as JSON [[epoch, oks_map], ...].
+# Tune forgets a function trial's results from before an interruption; the search reads this.
+OKS_CURVE = "oks_map_curve"
 
 
 @dataclass
@@ -150,7 +154,7 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
         state.tracker = _start_tracking(config, mlflow_run_id or config.mlflow.run_id, session.world_size)
     if start_epoch >= config.epochs and state.history:
         # resumed after its last epoch (interrupted before it could say so): tell the session how it ended
-        session.already_finished(dict(state.history[-1]))
+        session.already_finished(with_curve(state.history[:-1], state.history[-1]))
     try:
         for epoch in range(start_epoch, config.epochs):
             state.history.append(_run_epoch(state, epoch))
@@ -260,7 +264,13 @@ def _checkpoint_and_report(state: TrainingState, metrics: dict[str, float]) -> N
                 scaler=state.scaler.state_dict(), history=[*state.history, metrics], metrics=metrics,
                 mlflow_run_id=state.tracker.run_id if state.tracker is not None else None,
             )
-        state.session.report(metrics, ckpt_dir)
+        state.session.report(with_curve(state.history, metrics), ckpt_dir)
+
+
+def with_curve(history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` plus :data:`OKS_CURVE`: the evaluated epochs of ``history`` and ``metrics``."""
+    curve = [[int(m["epoch"]), float(m["oks_map"])] for m in [*history, metrics] if "oks_map" in m]
+    return {**metrics, OKS_CURVE: json.dumps(curve)}
 
 
 def _restore(state: TrainingState) -> tuple[int, list[dict], str | None]:

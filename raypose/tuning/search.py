@@ -12,6 +12,7 @@ study (:mod:`raypose.tuning.study`) owns the MLflow parent run and the final sta
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,8 +29,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raypose.errors import ConfigError, Interrupted
 from raypose.experiment_log import end_trial_run, find_or_create_child_run
-from raypose.storage import is_uri
-from raypose.training.ray_train import build_trainer, connected_to_cluster, run_trial
+from raypose.storage import is_uri, join
+from raypose.training.ray_train import build_trainer, checkpoint_dir_name, connected_to_cluster, run_trial
+from raypose.training.run import OKS_CURVE
 from raypose.tuning.space import (
     OPTUNA_ALTERNATIVE_SEP,
     TRIAL_KIND_KEY,
@@ -97,7 +99,7 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
     """A Tune trial: one Ray Train run of the base config with this trial's values."""
     trial_id = tune.get_context().get_trial_id()
     kind = config.get(TRIAL_KIND_KEY, "search")
-    cfg = space.trial_config(config, name=f"{space.name}-{trial_id}")
+    cfg = space.trial_config(config, name=train_run_name(space, trial_id))
     updates: dict[str, Any] = {"storage_path": space.train_storage}
     if cfg.mlflow.enabled and parent_run_id:
         run_id = find_or_create_child_run(
@@ -223,7 +225,7 @@ def run_search(space: SearchSpace, parent_run_id: str | None, resume: bool = Fal
             ),
         )
     results = tuner.fit()
-    trials = [_trial_result(result, space.train_storage) for result in results]
+    trials = [_trial_result(result, space) for result in results]
     # trials that ended (completed, stopped early, failed): the rest were interrupted or never started
     unfinished = space.tune.num_samples - results.num_terminated - results.num_errors
     if unfinished:
@@ -236,26 +238,50 @@ def run_search(space: SearchSpace, parent_run_id: str | None, resume: bool = Fal
 
 
 
-def _trial_result(result: tune.Result, train_storage: str) -> TrialResult:
-    """A Tune result as a :class:`TrialResult`: the best evaluated epoch and its checkpoint."""
+def train_run_name(space: SearchSpace, trial_id: str) -> str:
+    """A trial's Ray Train run: its folder under ``space.train_storage`` and its MLflow name."""
+    return f"{space.name}-{trial_id}"
+
+
+def _trial_result(result: tune.Result, space: SearchSpace) -> TrialResult:
+    """A Tune result as a :class:`TrialResult`: the best evaluated epoch and its checkpoint.
+
+    A trial resumed after an interruption has, in Tune, only the results since (and none with a
+    checkpoint when it had already trained its last epoch). Its curve comes from the last report's
+    :data:`OKS_CURVE` (every evaluated epoch, restored ones too), and its best checkpoint is that
+    epoch's folder in the trial's Train run, where Train keeps the best checkpoints.
+    """
     config = result.config or {}
+    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
     fields: dict[str, Any] = {}
     df = result.metrics_dataframe
     if df is not None and METRIC in df:
         scored = df.dropna(subset=[METRIC])
-        evaluated = scored[scored[FAILURE_KEY].isna()] if FAILURE_KEY in scored else scored
         if len(scored):
             best = scored.loc[scored[METRIC].idxmax()]
             fields = dict(epochs=int(df["epoch"].max()), best_oks_map=float(best[METRIC]), best_epoch=int(best["epoch"]),
-                          best_checkpoint=checkpoint_uri(best.get("checkpoint_path"), train_storage),
-                          history=tuple((int(e), float(v)) for e, v in zip(evaluated["epoch"], evaluated[METRIC])))
+                          best_checkpoint=checkpoint_uri(best.get("checkpoint_path"), space.train_storage))
+            curve = _reported_curve(df)
+            if curve:
+                # ties go to the later epoch: more trained, and the checkpoint Train keeps
+                best_epoch, best_score = max(curve, key=lambda point: (point[1], point[0]))
+                run_folder = join(space.train_storage, train_run_name(space, trial_id))
+                fields.update(history=tuple(curve), best_epoch=best_epoch, best_oks_map=best_score,
+                              epochs=max(fields["epochs"], max(e for e, _ in curve)),
+                              best_checkpoint=join(run_folder, checkpoint_dir_name(best_epoch)))
     return TrialResult(
-        trial_id=(result.metrics or {}).get("trial_id") or Path(result.path).name,
+        trial_id=trial_id,
         kind=config.get(TRIAL_KIND_KEY, "search"),
         params=trial_params(config),
         error=str(result.error) if result.error else (result.metrics or {}).get(FAILURE_KEY),
         **fields,
     )
+
+
+def _reported_curve(df) -> list[tuple[int, float]]:
+    """The last reported :data:`OKS_CURVE` of a trial's results (a failure report has none)."""
+    texts = [t for t in df.get(OKS_CURVE, []) if isinstance(t, str) and t]
+    return [(int(e), float(v)) for e, v in json.loads(texts[-1])] if texts else []
 
 
 def checkpoint_uri(path: Any, storage: str) -> str | None:

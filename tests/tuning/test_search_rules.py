@@ -71,3 +71,35 @@ def test_deterministic_failures_are_told_apart(cause, kind):
 def test_trials_are_not_retried_inside_ray_train(tiny_train_config):
     cfg = validate_train_config({**tiny_train_config, "workers": 1})
     assert build_trainer(cfg, max_failures=0).run_config.failure_config.max_failures == 0
+
+
+def test_a_resumed_trial_keeps_the_curve_and_best_checkpoint_from_before_the_interruption(tiny_train_config):
+    """Tune forgets a function trial's results from before a restore: after resuming at epoch 3,
+    its results hold epochs 3-4 only (and a trial that had trained its last epoch reports again
+    without a checkpoint). The reported curve still has epochs 1-4, so the best epoch (2, before
+    the interruption) and its checkpoint folder in the trial's Train run are found."""
+    import json
+
+    import pandas as pd
+
+    from raypose.training.run import OKS_CURVE
+    from raypose.tuning.search import _trial_result
+    from raypose.tuning.space import SearchSpace
+
+    base = validate_train_config({**tiny_train_config, "workers": 1})
+    space = SearchSpace(source="st.yaml", base=base, search={}, tune={"name": "st", "storage_path": "s3://bucket/study"})
+    curve = [[1, 0.1], [2, 0.6], [3, 0.4], [4, 0.5]]
+    df = pd.DataFrame({
+        "epoch": [3, 4], "oks_map": [0.4, 0.5], OKS_CURVE: [json.dumps(curve[:3]), json.dumps(curve)],
+        "checkpoint_path": ["bucket/study/st_train/st-t1/epoch_0003", None],
+    })
+    result = SimpleNamespace(config={"trial_kind": "search", "optim.lr": 0.01}, metrics={"trial_id": "t1"},
+                             metrics_dataframe=df, path="/x/t1", error=None)
+    trial_result = _trial_result(result, space)
+    assert trial_result.history == ((1, 0.1), (2, 0.6), (3, 0.4), (4, 0.5))
+    assert (trial_result.best_epoch, trial_result.best_oks_map, trial_result.epochs) == (2, 0.6, 4)
+    assert trial_result.best_checkpoint == f"{space.train_storage}/st-t1/epoch_0002"
+    assert trial_result.best_checkpoint.startswith("s3://bucket/study/")
+    # without a curve (results from before this change): the results Tune has
+    legacy = _trial_result(SimpleNamespace(**{**vars(result), "metrics_dataframe": df.drop(columns=[OKS_CURVE])}), space)
+    assert (legacy.best_epoch, legacy.best_checkpoint, legacy.history) == (4, None, ())
