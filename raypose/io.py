@@ -190,3 +190,10 @@ def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.absolute().resolve() == b.absolute().resolve()
+
+
+def save_png(fig: Any, path: str | os.PathLike, dpi: int = 100, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure as PNG to a temporary name, then rename it to ``path``."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig_kwargs)
+    return Path(path)

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from raypose.analysis.gallery import CATEGORY_HEX, render_gallery  # noqa: E402
 from raypose.analysis.summary import AnalysisResult, per_detection_rows, summary_dict  # noqa: E402
-from raypose.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from raypose.io import save_png, write_json_atomic, write_text_atomic  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,7 @@ STEP_COLORS = ["#ffffff", "#F2E394", "#F2AE72", "#D96459", "#8C4646", "#4F82BD",
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    save_png(fig, path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 

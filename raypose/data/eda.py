@@ -22,7 +22,7 @@ import numpy as np
 
 from raypose.data.annotations import KeypointAnnotations, load_keypoint_annotations, person_category
 from raypose.errors import InputError
-from raypose.io import atomic_path, load_json, write_json_atomic
+from raypose.io import atomic_path, load_json, save_png, write_json_atomic
 from raypose.schema import KeypointSchema, schema_for
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,7 @@ def dataset_stats(ann: KeypointAnnotations) -> dict[str, Any]:
 
 
 def _save_figure(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+    return save_png(fig, path, bbox_inches="tight")
 
 
 def _plot_stats(ann: KeypointAnnotations, summary: dict, out_dir: Path) -> list[Path]:

@@ -28,9 +28,9 @@ def ensure_data(data: DataConfig) -> None:
             or ``data.root`` holds a synthetic set generated with other ``data.synth`` settings.
     """
     needed = [data.path(data.train_ann), data.path(data.val_ann)]
-    if data.kind == "synthetic" and all(p.is_file() for p in needed):
-        check_synthetic_settings(data)
     if all(p.is_file() for p in needed):
+        if data.kind == "synthetic":
+            check_synthetic_settings(data)
         return
     if data.kind == "synthetic":
         from raypose.data.synth import SynthStyle, generate_synthetic_dataset, prepare_dataset

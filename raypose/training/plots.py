@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from raypose.io import atomic_path  # noqa: E402
+from raypose.io import save_png  # noqa: E402
 
 LOSS_CURVES = ("train_loss", "loss_keypoint", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 METRIC_CURVES = ("oks_map", "oks_ap50", "oks_ap75", "oks_ar")
@@ -44,8 +44,7 @@ def plot_history(
     ax_metric.set(xlabel="epoch", ylabel="OKS metric", title=metric_title, ylim=(0, 1))
     ax_metric.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    save_png(fig, path)
     plt.close(fig)
     return Path(path)
 

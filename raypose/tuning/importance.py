@@ -13,7 +13,6 @@ is not a point of the space. Pure: Optuna, no Ray, no MLflow.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +21,6 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from raypose.tuning.trials import TrialResult
-
-log = logging.getLogger(__name__)
 
 MIN_TRIALS = 3  # fewer scored search trials: no importances at all
 FEW_TRIALS = 10  # fewer: a forest fitted on a handful of points; the report says to read them as hints
@@ -65,12 +62,6 @@ def param_importances(trials: list[TrialResult], search: dict[str, list[Any]]) -
     if len(scored) < MIN_TRIALS:
         return None
     distributions = {key: dist for key, alts in search.items() if (dist := key_distribution(alts)) is not None}
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    for t in scored:
-        params = {k: _as_param(v, distributions[k]) for k, v in t.params.items() if k in distributions}
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: distributions[k] for k in params}, value=t.best_oks_map,
-        ))
     varied, unrated = [], {}
     for key in search:
         values = [str(t.params[key]) for t in scored if key in t.params]
@@ -90,6 +81,12 @@ def param_importances(trials: list[TrialResult], search: dict[str, list[Any]]) -
                 "suggest, not what the settings do; read these importances as hints")
     if not varied:
         return Importances({}, len(scored), unrated, note)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for t in scored:
+        params = {k: _as_param(v, distributions[k]) for k, v in t.params.items() if k in distributions}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: distributions[k] for k in params}, value=t.best_oks_map,
+        ))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-feature warnings

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from raypose.io import atomic_path  # noqa: E402
+from raypose.io import save_png  # noqa: E402
 from raypose.tuning.importance import Importances  # noqa: E402
 from raypose.tuning.trials import TrialResult  # noqa: E402
 
@@ -40,8 +40,7 @@ def plot_trial_curves(trials: list[TrialResult], path: str | os.PathLike, best_i
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    save_png(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -60,7 +59,6 @@ def plot_importances(imp: Importances, path: str | os.PathLike) -> Path:
     ax.set(xlabel="importance (share)", xlim=(0, 1),
            title=f"fANOVA importances, {imp.trials} trials" + (" (few trials)" if imp.note else ""))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    save_png(fig, path)
     plt.close(fig)
     return Path(path)
