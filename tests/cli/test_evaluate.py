@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import json
 
-import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from raypose.cli.main import main
 from raypose.evaluation.cocoeval import STAT_NAMES
 from raypose.evaluation.synthetic import synthetic_keypoint_case
 from raypose.schema import COCO23
+from tests.evaluation.test_cocoeval import _pycocotools_stats
 
 
 @pytest.fixture()
@@ -28,16 +23,7 @@ def files(tmp_path):
 
 
 def _reference(gt, dets, sigmas):
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return dict(zip(STAT_NAMES, ev.stats.tolist()))
+    return dict(zip(STAT_NAMES, _pycocotools_stats(gt, dets, sigmas).tolist()))
 
 
 @pytest.mark.parametrize("slow", [False, True])
