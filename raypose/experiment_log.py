@@ -151,6 +151,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def create_run(experiment: str, uri: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
+    """A new run (not started in this process: whoever trains logs into it by id)."""
+    client = MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, experiment)
+    return client.create_run(exp_id, tags=dict(tags or {}), run_name=run_name).info.run_id
+
+
 def find_or_create_child_run(
     experiment: str, parent_run_id: str, trial_id: str, run_name: str, uri: str,
     tags: Mapping[str, str] | None = None,

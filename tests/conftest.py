@@ -259,3 +259,19 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield uri
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def loopback_cluster(s3_server):
+    """A fixed two-node Ray cluster on loopback (`ray start`, a head and a worker node with 2 CPUs
+    each and their own session folders), with the S3 server's variables in the nodes'
+    environment, as a cluster's nodes would have. Shared by the cluster tests; stops its own
+    nodes only (``tests.clusters.LoopbackCluster``)."""
+    from tests.clusters import add_worker_node, node_env, start_head
+
+    cluster = start_head(node_env(s3_server.env), cpus=2)
+    try:
+        add_worker_node(cluster, cpus=2)
+        yield cluster
+    finally:
+        cluster.stop()

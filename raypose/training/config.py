@@ -142,6 +142,18 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(default=4, gt=0)
     eval_every: int = Field(default=1, gt=0, description="evaluate every N epochs (and after the last)")
     keep_checkpoints: int = Field(default=2, gt=0)
+    max_failures: int = Field(
+        default=2, ge=-1,
+        description="Ray Train restarts the workers from the last checkpoint after a lost worker or node, up to N "
+        "times per run (-1: no limit); out of memory, non-finite losses and bad input are never retried",
+    )
+    checkpoint_every_min: float | None = Field(
+        default=None, gt=0,
+        description="also checkpoint every N minutes inside an epoch, with the position in it (preemptible nodes)",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="how a run's workers are placed on nodes (Ray placement group strategy)",
+    )
     log_every: int = Field(default=20, gt=0, description="log training progress every N optimizer steps")
     activation_stats: list[str] = Field(
         default_factory=list, description="module names whose activations are summarised each epoch"

@@ -13,6 +13,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
@@ -83,12 +84,26 @@ class _NonFiniteWatch:
         self.pending.append((step, loss.detach(), {k: v.detach() for k, v in parts.items()}))
 
     def check(self, epoch: int) -> None:
-        """Raises:
-        TrainingError: a pending loss is NaN or infinite."""
+        """Under DDP every rank checks at the same micro-batch and the ranks agree (one all-reduced
+        flag), so all of them raise together: none is left waiting in a collective for a rank that
+        stopped, and the failure reaches the driver as a non-finite loss from every rank.
+
+        Raises:
+        TrainingError: a pending loss is NaN or infinite (on this rank or another)."""
         if not self.pending:
             return
         finite = torch.stack([torch.isfinite(loss) for _, loss, _ in self.pending])
-        if not bool(finite.all()):  # bool() syncs the GPU: once per check, not per step
+        bad_here = ~finite.all()
+        bad = bad_here
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            bad = bad_here.to(torch.int32).reshape(1)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bool(bad):  # bool() syncs the GPU: once per check, not per step
+            if not bool(bad_here):
+                raise TrainingError(
+                    f"non-finite loss at epoch {epoch} on another rank (this is rank {dist.get_rank()}): "
+                    "lower the learning rate, set grad_clip, or check the data with `raypose data check`."
+                )
             step, _, parts = self.pending[int((~finite).nonzero()[0, 0])]
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
             raise TrainingError(

@@ -24,7 +24,14 @@ from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from raypose.data.prepare import require_data
 from raypose.errors import ConfigError, TrainingError
 from raypose.training.config import TrainConfig
-from raypose.training.resources import Capacity, TrialRequest, describe_request, fit_trial
+from raypose.training.resources import (
+    Capacity,
+    TrialRequest,
+    describe_capacity,
+    describe_request,
+    fit_trial,
+    fits,
+)
 from raypose.training.run import CHECKPOINT_SCORE, run_training
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,7 @@ class RaySession:
         context = ray.train.get_context()
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.device = ray.train.torch.get_device()
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
@@ -108,18 +116,13 @@ def connected_to_cluster() -> bool:
 
 
 def cluster_capacity() -> Capacity:
-    """The most the connected cluster can ever give: the autoscaler's maximum where there is
-    one (the nodes may not be up yet), else the resources of its nodes."""
+    """The most the connected cluster can ever give, where that is known: the autoscaler's
+    maximum where Ray publishes its config (the nodes may not be up yet), else the resources of
+    the nodes alive now. :func:`autoscaler_adds_nodes` says whether the latter may grow."""
     import ray
-    from ray._private.state import state  # the autoscaler's config, as Ray Train's own check reads it
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    try:
-        config = state.get_cluster_config()
-        most = (state.get_max_resources_from_cluster_config() or {}) if config else {}
-        groups = [dict(g.resources) for g in config.node_group_configs] if config else []
-    except Exception:  # an older GCS without the autoscaler's state: take the nodes as they are
-        most, groups = {}, []
+    most, groups = published_maximum()  # the autoscaler's config, as Ray Train's own check reads it
     total = ray.cluster_resources()
 
     def node_max(key: str) -> float:
@@ -129,8 +132,51 @@ def cluster_capacity() -> Capacity:
                     node_cpus=node_max("CPU"), node_gpus=node_max("GPU"))
 
 
+def published_maximum() -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The autoscaler's maximum resources and its node types' resources, where Ray publishes the
+    autoscaler's config in the GCS (``({}, [])`` where it does not: Ray 2.60's ``ray up`` and
+    KubeRay autoscalers do not)."""
+    from ray._private.state import state
+
+    try:
+        config = state.get_cluster_config()
+        most = (state.get_max_resources_from_cluster_config() or {}) if config else {}
+        groups = [dict(g.resources) for g in config.node_group_configs] if config else []
+    except Exception:  # an older GCS without the autoscaler's state
+        return {}, []
+    return most, groups
+
+
+def autoscaler_adds_nodes() -> bool:
+    """Whether an autoscaler that can add nodes reports to the cluster: Ray's autoscaler v2, or
+    a v1 monitor whose status (what ``ray status`` shows) names node types of a config. Every
+    `ray start --head` runs a monitor; on a fixed cluster it mirrors the nodes as read-only node
+    types named ``node_<node id>``, which is how the two are told apart."""
+    import json
+
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    except Exception:  # no GCS to ask: nothing will add nodes
+        return False
+    report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
+    node_ids = {n["NodeID"] for n in ray.nodes()}
+    types = set(report.get("active_nodes") or {}) | set(report.get("pending_launches") or {})
+    types |= {t for _, t, *_ in report.get("pending_nodes") or []}
+    return any(not (t.startswith("node_") and t[len("node_"):] in node_ids) for t in types)
+
+
 def fit_to_cluster(config: TrainConfig, driver_cpus: float = 0.0) -> tuple[TrainConfig, str | None]:
-    """``config``, checked to fit the cluster: returned as it is when it fits; fitted (fewer
+    """``config``, checked to fit the cluster: returned as it is when it fits, or when an
+    autoscaler may still add the nodes it needs and their maximum is not published (the run then
+    waits for them, as Ray Train itself does; logged once, with what it waits for); fitted (fewer
     workers, a smaller share of a node) on a machine where raypose started Ray, with a note
     saying so; refused otherwise.
 
@@ -141,7 +187,13 @@ def fit_to_cluster(config: TrainConfig, driver_cpus: float = 0.0) -> tuple[Train
     gpu = use_gpu(config)
     request = TrialRequest(config.workers, config.cpus_per_worker, config.gpus_per_worker if gpu else 0.0,
                            driver_cpus)
-    fitted = fit_trial(request, cluster_capacity(), adjust=_started_here)
+    capacity = cluster_capacity()
+    if not fits(request, capacity) and not _started_here and not published_maximum()[0] and autoscaler_adds_nodes():
+        note = (f"a trial asks for {describe_request(request)}; the cluster has {describe_capacity(capacity)} now. "
+                "Waiting for the autoscaler to add nodes (its maximum is not published, so it is not checked here)")
+        log.warning(note)
+        return config, note
+    fitted = fit_trial(request, capacity, adjust=_started_here)
     if fitted == request:
         return config, None
     note = (f"a trial asked for {describe_request(request)}, more than this machine has: fitted to "
@@ -163,8 +215,9 @@ def use_gpu(config: TrainConfig) -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
-def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failures: int = 0) -> TorchTrainer:
-    """A ``TorchTrainer`` for ``config`` (``config.workers`` >= 1).
+def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTrainer:
+    """A ``TorchTrainer`` for ``config`` (``config.workers`` >= 1). A lost worker or node is
+    restored by Train from the run's last checkpoint, up to ``config.max_failures`` times.
 
     Raises:
         ConfigError: ``workers`` is 0 (that is the local mode, which needs no Ray).
@@ -175,14 +228,15 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failur
     resources = {"CPU": config.cpus_per_worker}
     if gpu:
         resources["GPU"] = config.gpus_per_worker
-    return TorchTrainer(
+    return RayposeTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu, resources_per_worker=resources,
+                                     placement_strategy=config.placement_strategy),
         run_config=RunConfig(
             name=config.name,
             storage_path=config.storage_path,  # absolute or a URI (resolve_config)
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,
                 checkpoint_score_attribute=CHECKPOINT_SCORE,  # evaluated epochs only; the latest is kept too
@@ -196,7 +250,7 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, max_failur
     )
 
 
-def fit(config: TrainConfig, max_failures: int = 0) -> ray.train.Result:
+def fit(config: TrainConfig) -> ray.train.Result:
     """Run the training on Ray Train and return its result (metrics, best checkpoints).
 
     Raises:
@@ -204,8 +258,9 @@ def fit(config: TrainConfig, max_failures: int = 0) -> ray.train.Result:
             non-finite loss with its components), not Ray's wrapper around it.
     """
     config, _ = fit_to_cluster(config)
+    config = with_mlflow_run(config)
     try:
-        result = build_trainer(config, max_failures=max_failures).fit()
+        result = build_trainer(config).fit()
     except ray.train.TrainingFailedError as e:
         raise TrainingError(f"training failed: {describe_failure(e)}") from e
     if result.error is not None:
@@ -213,16 +268,99 @@ def fit(config: TrainConfig, max_failures: int = 0) -> ray.train.Result:
     return result
 
 
+MLFLOW_RUN_FILE = "mlflow_run.json"  # in a Train run's folder: the MLflow run it logs into
+
+
+def with_mlflow_run(config: TrainConfig) -> TrainConfig:
+    """``config`` with the MLflow run its workers log into, made once on the driver and kept in
+    the run's folder (local or S3). Workers that Train restarts after a lost worker, before the
+    first checkpoint was stored, then log into the same run instead of starting a second."""
+    if not config.mlflow.enabled or config.mlflow.run_id:
+        return config
+    import json
+
+    from raypose.experiment_log import create_run
+    from raypose.storage import join, read_text, write_text
+    from raypose.training.config import identity_tags
+
+    record = join(config.run_dir, MLFLOW_RUN_FILE)
+    saved = read_text(record)
+    if saved:
+        run_id = json.loads(saved)["run_id"]
+    else:
+        run_id = create_run(config.mlflow.experiment, config.mlflow.tracking_uri, config.mlflow.run_name or config.name,
+                            tags={**identity_tags(config), **config.mlflow.tags})
+        write_text(record, json.dumps({"run_id": run_id}))
+    return config.model_copy(update={"mlflow": config.mlflow.model_copy(update={"run_id": run_id})})
+
+
 # Failures that happen again on every retry: the search should learn from them, not retry them.
-DETERMINISTIC_FAILURES = {"out of memory": ("OutOfMemoryError", "CUDA out of memory"),
-                          "non-finite loss": ("non-finite loss",)}
+DETERMINISTIC_FAILURES = {"out of memory": ("OutOfMemoryError", "CUDA out of memory", "out of memory"),
+                          "non-finite loss": ("non-finite loss",),
+                          "bad input": ("InputError", "ConfigError", "data not found on node")}
+
+
+def worker_causes(error: BaseException) -> dict[int, BaseException]:
+    """Each failed rank's own exception, unwrapped from Ray's error types (``{-1: error}`` when the
+    failure is not a worker's, e.g. the controller's)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if failures:
+        return {rank: getattr(failure, "cause", None) or failure for rank, failure in sorted(failures.items())}
+    return {-1: getattr(error, "controller_failure", None) or error}
+
+
+def _kind_of(cause: BaseException) -> str | None:
+    from raypose.errors import ConfigError, InputError
+
+    if isinstance(cause, (InputError, ConfigError)):
+        return "bad input"
+    text = f"{type(cause).__name__}: {cause}"
+    return next((kind for kind, marks in DETERMINISTIC_FAILURES.items() if any(m in text for m in marks)), None)
 
 
 def deterministic_failure(error: BaseException) -> str | None:
-    """``"out of memory"`` or ``"non-finite loss"`` when a run failed for a reason retrying will not
-    fix (from the failing worker's own error, as :func:`describe_failure` gives it), else None."""
-    text = describe_failure(error)
-    return next((kind for kind, marks in DETERMINISTIC_FAILURES.items() if any(m in text for m in marks)), None)
+    """``"out of memory"``, ``"non-finite loss"`` or ``"bad input"`` when any rank failed for a reason
+    retrying will not fix, else None. Every rank's error is read: an out-of-memory on rank 3 leaves
+    rank 0 with a collective's side effect (a closed connection), which alone would look retryable."""
+    return next((kind for kind in map(_kind_of, worker_causes(error).values()) if kind is not None), None)
+
+
+def _make_failure_policy(failure_config: FailureConfig):
+    """Ray Train's default policy (lost workers and nodes retried up to ``max_failures``), except that
+    a deterministic failure (:func:`deterministic_failure`) is raised at once instead of retried."""
+    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+
+    class DeterministicFailuresRaise(DefaultFailurePolicy):
+        def make_decision(self, training_failed_error):
+            kind = deterministic_failure(training_failed_error)
+            if kind is not None:
+                log.warning("not retried (%s): %s", kind, describe_failure(training_failed_error))
+                return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    return DeterministicFailuresRaise(failure_config)
+
+
+class RayposeTrainer(TorchTrainer):
+    """``TorchTrainer`` whose failure policy never retries a deterministic failure.
+
+    Ray 2.60 builds the policy inside ``DataParallelTrainer.fit`` from the module-level
+    ``create_failure_policy``, with no public hook; ``fit`` swaps that name for the duration of
+    the call (the trainer's driver is its own process: a trial's driver runs one fit at a time).
+    Where a later Ray moves it, the default policy applies (retries count against max_failures).
+    """
+
+    def fit(self):
+        import ray.train.v2.api.data_parallel_trainer as dpt
+
+        original = getattr(dpt, "create_failure_policy", None)
+        if original is None:
+            return super().fit()
+        dpt.create_failure_policy = _make_failure_policy
+        try:
+            return super().fit()
+        finally:
+            dpt.create_failure_policy = original
 
 
 def run_trial(trainer: TorchTrainer) -> tuple[str | None, str | None]:
@@ -246,11 +384,11 @@ def run_trial(trainer: TorchTrainer) -> tuple[str | None, str | None]:
 
 
 def describe_failure(error: BaseException) -> str:
-    """The first failing worker's exception as one line, unwrapped from Ray's error types."""
-    failures = getattr(error, "worker_failures", None) or {}
-    if failures:
-        rank, failure = min(failures.items())
-        cause = getattr(failure, "cause", None) or failure
-        return f"worker {rank}: {type(cause).__name__}: {cause}"
-    cause = getattr(error, "controller_failure", None) or error
-    return f"{type(cause).__name__}: {cause}"
+    """The failure as one line, unwrapped from Ray's error types: the first rank whose error is
+    deterministic (:func:`deterministic_failure`), else the lowest failed rank."""
+    causes = worker_causes(error)
+    # a rank that saw the failure itself before one that only heard of it from another rank
+    candidates = sorted(((r, c) for r, c in causes.items() if _kind_of(c) is not None),
+                        key=lambda rc: "on another rank" in str(rc[1]))
+    rank, cause = candidates[0] if candidates else next(iter(causes.items()))
+    return f"{type(cause).__name__}: {cause}" if rank < 0 else f"worker {rank}: {type(cause).__name__}: {cause}"

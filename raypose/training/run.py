@@ -79,6 +79,7 @@ class TrainingState:
     tracker: Any = None  # raypose.experiment_log.MlflowRun on rank 0 when MLflow is on
     act_stats: ActivationStats | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    nodes: int = 1  # the nodes the run's workers are on
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -190,7 +191,15 @@ def _build_state(config: TrainConfig, session: Session) -> TrainingState:
             f"the data has {len(train)}: lower batch_size or accumulate"
         )
     optimizer = build_optimizer(model, config.optim, lr=effective_lr(config, session.world_size))
+    nodes = 1
+    if session.world_size > 1:
+        node_ids: list = [None] * session.world_size
+        dist.all_gather_object(node_ids, session.node_id)
+        nodes = len(set(node_ids))
+        if session.world_rank == 0:
+            log.info("%d workers on %d node(s)", session.world_size, nodes)
     return TrainingState(
+        nodes=nodes,
         config=config, session=session, model=model, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, config.schedule, steps_per_epoch, config.epochs,
                                   max_lr=effective_max_lr(config, session.world_size)),
@@ -212,6 +221,7 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
     ))
     metrics["world_size"] = session.world_size
     if session.world_size > 1:
+        metrics["nodes"] = state.nodes
         metrics.update(global_train_metrics(metrics, session.device))
         metrics["replica_divergence"] = replica_divergence(state.model)
     if state.act_stats is not None:

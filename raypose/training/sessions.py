@@ -32,6 +32,7 @@ class Session(Protocol):
 
     world_rank: int
     world_size: int
+    node_id: str  # the node this worker runs on (Ray's node id; nodes may share an IP address)
     device: torch.device
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
@@ -54,6 +55,7 @@ class LocalSession:
     device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     world_rank: int = 0
     world_size: int = 1
+    node_id: str = "local"
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)

@@ -107,8 +107,10 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
             uri=cfg.mlflow.tracking_uri, tags={"raypose.trial_kind": kind, "raypose.study": space.name},
         )
         updates["mlflow"] = cfg.mlflow.model_copy(update={"run_id": run_id, "parent_run_id": parent_run_id})
-    # Retries happen at one level, Tune's (tune.max_failures), which resumes from the last checkpoint.
-    trainer = build_trainer(cfg.model_copy(update=updates), callbacks=[TuneReportCallback()], max_failures=0)
+    # A lost worker or node is restored inside the trial by Train (base max_failures), from the
+    # trial's last checkpoint and on its own placement group; Tune's retries (tune.max_failures)
+    # are for a trial whose driver itself was lost.
+    trainer = build_trainer(cfg.model_copy(update=updates), callbacks=[TuneReportCallback()])
     failure, message = run_trial(trainer)
     if failure is not None:
         # Out of memory or a non-finite loss happens again on every retry: the search gets a poor

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from raypose.cli.main import main
-from tests.conftest import free_port
+from tests.clusters import wait_for_jobs_api
 
 pytestmark = pytest.mark.ray
 
@@ -266,131 +265,13 @@ def test_study_state_lives_in_s3_and_resume_finds_the_parent_run(s3_server, s3_b
     assert parents[0].info.status == "FINISHED"
 
 
-def own_ray_processes(folders: list[str]) -> list[int]:
-    """The pids of the Ray nodes whose temp folders are ``folders`` (Ray's processes name their
-    session or temp folder on their command line), with all their descendants."""
-    parents: dict[int, int] = {}
-    own: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if any(folder in cmdline for folder in folders):
-            own.add(int(entry.name))
-    grew = True
-    while grew:
-        children = {pid for pid, ppid in parents.items() if ppid in own} - own
-        own |= children
-        grew = bool(children)
-    return sorted(own)
-
-
-def stop_ray_nodes(folders: list[str]) -> None:
-    """Stop only the Ray nodes started with these temp folders (`ray stop` would end every Ray
-    process on the machine, other users' included): SIGTERM, then SIGKILL what is left."""
-    import signal
-
-    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        pids = own_ray_processes(folders)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
-            time.sleep(0.5)
-        if not pids:
-            return
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-@pytest.fixture
-def two_node_cluster(s3_server):
-    """A head and a worker node (`ray start`) on loopback, each with its own session folder and
-    the S3 server's variables in its environment, as a cluster's nodes would have; yields the
-    Jobs API address and the environment. Stops its own nodes only."""
-    import tempfile
-
-    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(s3_server.env)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    # Ray >= 2.59 turns token authentication on for clusters started with `ray start`; a loopback
-    # test cluster runs without it (head, worker and job client alike).
-    env["RAY_AUTH_MODE"] = "disabled"
-    gcs, dashboard = free_port(), free_port()
-    # Ray's socket paths must stay under 108 characters: pytest's tmp_path is too deep. Each node
-    # its own session folder, as on separate machines: two nodes sharing one would unpack and
-    # delete the job's working_dir under each other.
-    temp = tempfile.mkdtemp(prefix="rp-h-", dir="/tmp")
-    worker_temp = tempfile.mkdtemp(prefix="rp-w-", dir="/tmp")
-    head = [ray_bin, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--temp-dir={temp}", "--disable-usage-stats", *node_ports()]
-    try:
-        subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
-        worker = [ray_bin, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                  f"--temp-dir={worker_temp}", *node_ports()]
-        subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
-        yield f"http://127.0.0.1:{dashboard}", {**env, "RAYPOSE_TEST_HEAD_TEMP": temp}
-    finally:
-        stop_ray_nodes([temp, worker_temp])
-        shutil.rmtree(temp, ignore_errors=True)
-        shutil.rmtree(worker_temp, ignore_errors=True)
-
-
-def node_ports() -> list[str]:
-    """Free ports for one node's agents. Separate machines would all use Ray's defaults (the
-    dashboard agent's 52365, say); nodes sharing this machine, and the tests' in-process Ray,
-    would collide on them and leave the head without a job agent."""
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
-
-
-def head_logs(env: dict[str, str]) -> str:
-    """The end of the head node's job logs (for a failed submission)."""
-    logs = Path(env["RAYPOSE_TEST_HEAD_TEMP"]) / "session_latest" / "logs"
-    parts = []
-    for name in ("dashboard_agent.log", "dashboard_JobHead.log"):
-        text = (logs / name).read_text(errors="replace") if (logs / name).is_file() else "(none)"
-        parts.append(f"\n== {name}\n" + "\n".join(line for line in text.splitlines() if "ResourceRoute" not in line)[-3000:])
-    return "".join(parts)
-
-
-def wait_for_jobs_api(address: str) -> None:
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + 60
-    while True:  # the dashboard's job agent comes up a few seconds after `ray start`
-        try:
-            JobSubmissionClient(address).list_jobs()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
 @pytest.mark.s3
-def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, s3_server, s3_bucket, mlflow_server,
+def test_submitted_search_runs_on_a_two_node_cluster(loopback_cluster, s3_server, s3_bucket, mlflow_server,
                                                      tiny_train_config, tmp_path):
     """The whole cluster path: `raypose submit` from a project folder to two nodes, S3 storage
     (moto), an MLflow tracking server; the final stage fetches the best checkpoint from S3 and
     uploads best/ beside Tune's state."""
-    address, env = two_node_cluster
+    address, env = loopback_cluster.dashboard, loopback_cluster.env
     wait_for_jobs_api(address)
     project = tmp_path / "project"
     project.mkdir()
@@ -403,7 +284,7 @@ def test_submitted_search_runs_on_a_two_node_cluster(two_node_cluster, s3_server
         [sys.executable, "-m", "raypose", "submit", "--address", address, "space.yaml"],
         cwd=project, env={**env, "MLFLOW_TRACKING_URI": mlflow_server}, capture_output=True, text=True, timeout=900,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + head_logs(env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + loopback_cluster.head_logs()
     assert "SUCCEEDED" in proc.stdout
     assert "Study result" in proc.stdout  # the job's logs were streamed back
     _, parents, children = mlflow_state(mlflow_server)

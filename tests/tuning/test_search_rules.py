@@ -1,6 +1,6 @@
 """The search's rules, checked without running trials: the baseline is never stopped early, only
-epochs that were evaluated reach the searcher, deterministic failures are told apart, and
-trials retry at one level only."""
+epochs that were evaluated reach the searcher, deterministic failures are told apart on any
+rank, and a lost worker is retried by Train inside the trial while a deterministic failure is not."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from raypose.errors import TrainingError
+from raypose.errors import InputError, TrainingError
 from raypose.training.config import validate_train_config
 from raypose.training.ray_train import build_trainer, deterministic_failure
 from raypose.tuning.search import BaselineKeepingASHA, ConfigKeyOptunaSearch
@@ -49,9 +49,9 @@ def test_results_without_a_score_do_not_reach_optuna(tiny_train_config, tmp_path
 class WorkerFailure(Exception):
     """Ray's error shape: ``worker_failures`` maps a rank to the worker's failure."""
 
-    def __init__(self, cause: BaseException):
+    def __init__(self, cause: BaseException, others: dict[int, BaseException] | None = None):
         super().__init__("Training failed due to worker errors")
-        self.worker_failures = {0: SimpleNamespace(cause=cause)}
+        self.worker_failures = {rank: SimpleNamespace(cause=c) for rank, c in {0: cause, **(others or {})}.items()}
 
 
 class OutOfMemoryError(RuntimeError):
@@ -63,14 +63,43 @@ class OutOfMemoryError(RuntimeError):
     (TrainingError("non-finite loss at epoch 0, step 3: loss_keypoint=nan"), "non-finite loss"),
     (ConnectionError("node 10.0.0.3 died"), None),
     (RuntimeError("NCCL timeout"), None),
+    (InputError("data not found on node 10.0.0.3: /data/annotations"), "bad input"),
 ])
 def test_deterministic_failures_are_told_apart(cause, kind):
     assert deterministic_failure(WorkerFailure(cause)) == kind
 
 
-def test_trials_are_not_retried_inside_ray_train(tiny_train_config):
+def test_every_rank_is_read_not_only_the_lowest():
+    """Rank 3 ran out of memory; rank 0 saw only the collective's side effect."""
+    from raypose.training.ray_train import describe_failure
+
+    error = WorkerFailure(RuntimeError("[gloo] Connection closed by peer"),
+                          {3: OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")})
+    assert deterministic_failure(error) == "out of memory"
+    assert describe_failure(error).startswith("worker 3: OutOfMemoryError: CUDA out of memory")
+    lost = WorkerFailure(RuntimeError("[gloo] Connection closed by peer"), {1: ConnectionError("actor died")})
+    assert deterministic_failure(lost) is None
+    assert describe_failure(lost).startswith("worker 0: RuntimeError")
+
+
+def test_a_lost_worker_is_retried_by_train_and_a_deterministic_failure_is_not(tiny_train_config):
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raypose.training.ray_train import _make_failure_policy
+
     cfg = validate_train_config({**tiny_train_config, "workers": 1})
-    assert build_trainer(cfg, max_failures=0).run_config.failure_config.max_failures == 0
+    failure_config = build_trainer(cfg).run_config.failure_config
+    assert failure_config.max_failures == 2  # the config's default
+    assert build_trainer(validate_train_config({**tiny_train_config, "workers": 1, "max_failures": 0})
+                         ).run_config.failure_config.max_failures == 0
+    policy = _make_failure_policy(failure_config)
+    lost = WorkerGroupError("rank 1 died", {1: ConnectionError("The actor died unexpectedly")})
+    decisions = [policy.make_decision(lost) for _ in range(3)]
+    assert decisions == [FailureDecision.RETRY, FailureDecision.RETRY, FailureDecision.RAISE]
+    oom = WorkerGroupError("oom", {0: RuntimeError("[gloo] Connection closed by peer"),
+                                   2: OutOfMemoryError("CUDA out of memory")})
+    assert _make_failure_policy(failure_config).make_decision(oom) == FailureDecision.RAISE
 
 
 def test_a_resumed_trial_keeps_the_curve_and_best_checkpoint_from_before_the_interruption(tiny_train_config):

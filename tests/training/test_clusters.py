@@ -1,0 +1,145 @@
+"""Training on real Ray clusters on loopback: an autoscaling cluster adds the nodes a trial needs,
+a fixed one refuses a trial larger than its nodes within seconds, a Train worker killed
+mid-epoch is restored by Train inside the run, and DDP across two nodes trains as on one.
+
+Every run is a ``raypose train`` process connected to the cluster as a Ray driver, as on a
+cluster's head; the clusters are the session's shared two-node one (``loopback_cluster``) and
+an autoscaling one started here, each stopped by its own handle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+
+
+def write_config(folder: Path, tiny_train_config: dict, **overrides) -> Path:
+    raw = {**tiny_train_config, "storage_path": str(folder / "runs"), **overrides}
+    path = folder / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def train(cluster, config: Path, *sets: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raypose", "train", str(config), *[f"--set={s}" for s in sets]],
+                          env=cluster.driver_env, capture_output=True, text=True, timeout=timeout)
+
+
+def checkpoint_payload(storage: Path, name: str, epoch: int) -> dict:
+    from raypose.checkpoint import load_checkpoint
+
+    found = sorted(storage.glob(f"{name}/**/epoch_{epoch:04d}/checkpoint.pth"))
+    assert found, f"no checkpoint of epoch {epoch} under {storage / name}"
+    return load_checkpoint(found[-1])
+
+
+@pytest.fixture(scope="module")
+def long_epochs(tmp_path_factory) -> dict:
+    """A data block with enough training images for an epoch of several steps per worker."""
+    root = tmp_path_factory.mktemp("long-epochs")
+    return {"root": str(root), "kind": "synthetic", "loader_workers": 0, "val_limit": 4,
+            "synth": {"train": 24, "val": 4, "seed": 3, "image_size": [128, 160]}}
+
+
+def test_a_trial_larger_than_a_fixed_cluster_is_refused_within_seconds(loopback_cluster, tiny_train_config, tmp_path):
+    """No autoscaler reports to a `ray start` cluster: a trial that can never be placed is refused
+    with the numbers, not left waiting."""
+    config = write_config(tmp_path, tiny_train_config, name="toolarge", workers=6, cpus_per_worker=1)
+    start = time.monotonic()
+    proc = train(loopback_cluster, config, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "can give at most 0 GPU(s) and 4 CPU(s)" in proc.stderr and "workers=6" in proc.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_an_autoscaling_cluster_adds_the_nodes_a_trial_needs(tiny_train_config, tmp_path):
+    """Ray's autoscaler on its fake multi-node provider: a head with 1 CPU and a worker type of
+    2 CPUs (0 to 2 nodes). A 2-worker trial of 1 CPU each cannot be placed when it starts; raypose
+    says it waits for the autoscaler, which adds a node, and the trial trains to the end."""
+    from tests.clusters import node_env, start_autoscaling_cluster
+
+    cluster = start_autoscaling_cluster(node_env(), head_cpus=1, worker_cpus=2, max_workers=2)
+    try:
+        time.sleep(6)  # the monitor's first status report (every second here)
+        assert cluster.alive_nodes() == 1
+        config = write_config(tmp_path, tiny_train_config, name="autoscaled", workers=2, cpus_per_worker=1)
+        proc = train(cluster, config)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:] + cluster.head_logs()
+        assert "Waiting for the autoscaler to add nodes" in proc.stderr
+        assert "a trial asks for 0 GPU(s) and 2 CPU(s)" in proc.stderr
+        payload = checkpoint_payload(tmp_path / "runs", "autoscaled", 1)
+        assert payload["metrics"]["world_size"] == 2 and 0.0 <= payload["metrics"]["oks_map"] <= 1.0
+        assert cluster.alive_nodes() >= 2  # the autoscaler's node (idle ones go after 30 s)
+    finally:
+        cluster.stop()
+
+
+def test_a_killed_train_worker_is_restored_inside_the_run(loopback_cluster, mlflow_server, tiny_train_config,
+                                                          long_epochs, tmp_path):
+    """SIGKILL one Train worker in epoch 2: Train restarts the worker group from epoch 1's
+    checkpoint (one of max_failures), the run ends with exit 0, and its one MLflow run holds
+    every epoch exactly once and is FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    config = write_config(tmp_path, tiny_train_config, name="killed", workers=2, epochs=3, batch_size=2,
+                          data=long_epochs,
+                          mlflow={"enabled": True, "tracking_uri": mlflow_server, "experiment": "faults"})
+    proc = subprocess.Popen([sys.executable, "-m", "raypose", "train", str(config)], env=loopback_cluster.driver_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not list((tmp_path / "runs").glob("killed/**/epoch_0001/checkpoint.pth")):
+            assert proc.poll() is None, proc.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, "no checkpoint of epoch 1"
+            time.sleep(0.5)
+        time.sleep(1.0)  # into epoch 2's steps
+        victims = loopback_cluster.train_worker_pids()
+        assert len(victims) == 2
+        os.kill(victims[-1], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-6000:]
+    assert "RETRY" in output  # Train's failure policy restarted the group
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    for key in ("train_loss", "oks_map"):
+        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key))
+        assert steps == [1, 2, 3], (key, steps)
+
+
+def test_ddp_across_two_nodes_trains_as_on_one(loopback_cluster, tiny_train_config, tmp_path):
+    """Two gloo workers on two nodes (STRICT_SPREAD) and on one (STRICT_PACK) end with the same
+    weights after a few steps: the all-reduce across nodes is the same as within one."""
+    import torch
+
+    data = {**tiny_train_config["data"], "train_limit": 6}
+    weights = {}
+    for strategy in ("STRICT_SPREAD", "STRICT_PACK"):
+        name = f"ddp-{strategy.lower()}"
+        config = write_config(tmp_path, tiny_train_config, name=name, workers=2, batch_size=1, data=data,
+                              placement_strategy=strategy, schedule={"name": "constant"})
+        proc = train(loopback_cluster, config)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        payload = checkpoint_payload(tmp_path / "runs", name, 1)
+        assert payload["metrics"]["optimizer_steps"] == 3
+        weights[strategy] = (payload["metrics"]["nodes"], payload["model"])
+    (spread_nodes, spread), (pack_nodes, pack) = weights["STRICT_SPREAD"], weights["STRICT_PACK"]
+    assert (spread_nodes, pack_nodes) == (2, 1)
+    moved = 0
+    for key, value in pack.items():
+        if torch.is_floating_point(value):
+            torch.testing.assert_close(spread[key], value, rtol=0, atol=1e-6, msg=key)
+            moved += 1
+    assert moved > 50
