@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -113,6 +117,52 @@ class _NonFiniteWatch:
         self.pending.clear()
 
 
+@dataclass
+class EpochProgress:
+    """Where an epoch stands after ``step`` optimizer steps: what a mid-epoch checkpoint keeps.
+
+    ``sums`` are the loss sums over ``micro`` micro-batches so far, ``seconds`` the time spent,
+    ``rng`` this process's RNG states (:func:`capture_rng`).
+    """
+
+    step: int
+    sums: dict[str, float]
+    micro: int
+    images: int
+    seconds: float
+    rng: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> EpochProgress:
+        return cls(**value)
+
+
+def capture_rng() -> dict[str, Any]:
+    """torch's (CPU and, where used, CUDA), numpy's and Python's RNG states, in types a
+    ``weights_only`` checkpoint load accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                       gauss],
+             "python": list(random.getstate())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the RNG states :func:`capture_rng` took."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -128,8 +178,17 @@ def train_one_epoch(
     steps: int | None = None,
     amp_dtype: torch.dtype | None = None,
     cudnn_benchmark: bool = True,
+    resume_from: EpochProgress | None = None,
+    on_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch of ``steps`` optimizer steps (default: all full accumulation groups).
+
+    Mid-epoch checkpoints: after each optimizer step, ``on_step(done, progress)`` is called with
+    the steps done so far and a function giving the epoch's :class:`EpochProgress` (for a
+    checkpoint). ``resume_from`` continues an epoch from such a progress: the loader's first
+    ``progress.step * accumulate`` batches are loaded and dropped (so a loader reseeded for this
+    epoch draws the same augmentations as the interrupted one did), the RNG states are put back
+    and the sums go on, so the epoch trains exactly as an uninterrupted one.
 
     Each optimizer step sums the gradients of ``accumulate`` micro-batches, each loss divided
     by ``accumulate``, so one step equals one step on a batch ``accumulate`` times larger (the
@@ -172,8 +231,22 @@ def train_one_epoch(
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
     micro, images_seen, start = 0, 0, time.perf_counter()
     batches = iter(loader)
+    first_step = 0
+    if resume_from is not None:
+        for _ in range(resume_from.step * accumulate):  # the batches the interrupted epoch trained on
+            next(batches)
+        restore_rng(resume_from.rng)
+        first_step, micro, images_seen = resume_from.step, resume_from.micro, resume_from.images
+        for name, value in resume_from.sums.items():
+            sums[name] = torch.tensor(value, device=device)
+        start -= resume_from.seconds
+
+    def progress(done: int) -> EpochProgress:
+        return EpochProgress(step=done, sums={k: float(v) for k, v in sums.items()}, micro=micro,
+                             images=images_seen, seconds=time.perf_counter() - start, rng=capture_rng())
+
     optimizer.zero_grad(set_to_none=True)
-    for step in range(steps):
+    for step in range(first_step, steps):
         for k in range(accumulate):
             images, targets = _to_device(*next(batches), device)
             sync = k == accumulate - 1
@@ -202,6 +275,8 @@ def train_one_epoch(
                 "epoch %d step %d/%d loss %.4f lr %.3g",  # .item() syncs the GPU, once per log line
                 epoch, step + 1, steps, sums["train_loss"].item() / micro, optimizer.param_groups[0]["lr"],
             )
+        if on_step is not None and step + 1 < steps:
+            on_step(step + 1, lambda done=step + 1: progress(done))
     watch.check(epoch)
     metrics = {k: v.item() / max(micro, 1) for k, v in sums.items()}  # syncs: the time below includes the GPU work
     seconds = time.perf_counter() - start

@@ -66,6 +66,15 @@ class RaySession:
             checkpoint_dir_name=checkpoint_dir_name(int(metrics["epoch"])),
         )
 
+    def save_progress(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        name = f"{checkpoint_dir_name(int(metrics['epoch']))}_step_{int(metrics['epoch_step']):06d}"
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    def preemption_pending(self) -> bool:
+        """Ray Train's preemption notice (a barrier: every rank asks at the same step)."""
+        return ray.train.get_preemption_info() is not None
+
     def already_finished(self, last_metrics: dict[str, float]) -> None:
         """Report the last epoch again (without a checkpoint), so a Tune trial restored after an
         interruption ends with its real last result."""

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from raypose.io import default_mode
 from raypose.model import build_model
 from raypose.training.activations import ActivationStats
 from raypose.training.config import TrainConfig, identity_tags, recipe_params
-from raypose.training.loop import predict_loader, train_one_epoch
+from raypose.training.loop import EpochProgress, predict_loader, train_one_epoch
 from raypose.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -54,6 +55,8 @@ from raypose.training.resume import (
 from raypose.training.sessions import Session
 
 log = logging.getLogger(__name__)
+
+_clock = time.monotonic  # when the last checkpoint was written (checkpoint_every_min); tests replace it
 
 # Per-epoch metrics every evaluated epoch reports (MLflow keys, Tune's metric is oks_map).
 EVAL_KEYS = {"oks_map": "AP", "oks_ap50": "AP50", "oks_ap75": "AP75", "oks_ar": "AR"}
@@ -80,6 +83,9 @@ class TrainingState:
     act_stats: ActivationStats | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     nodes: int = 1  # the nodes the run's workers are on
+    progress: EpochProgress | None = None  # where a resumed run's first epoch goes on from (mid-epoch)
+    last_checkpoint: float = field(default_factory=lambda: _clock())
+    preemption_saved: bool = False  # a checkpoint was written for the preemption now announced
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -214,10 +220,12 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
     set_loader_epoch(state.loader, config.seed, epoch)
     seed_epoch(config.seed, epoch, session.world_rank)
     metrics: dict[str, float] = {"epoch": epoch + 1}
+    resume_from, state.progress = state.progress, None
     metrics.update(train_one_epoch(
         state.model, state.optimizer, state.scheduler, state.loader, session.device,
         epoch=epoch, accumulate=config.accumulate, scaler=state.scaler,
         grad_clip=config.grad_clip, log_every=config.log_every,
+        resume_from=resume_from, on_step=lambda done, progress: _checkpoint_if_due(state, epoch, done, progress),
     ))
     metrics["world_size"] = session.world_size
     if session.world_size > 1:
@@ -259,6 +267,63 @@ def _evaluate_if_due(state: TrainingState, epoch: int) -> dict[str, float]:
     return {"evaluated": 0, CHECKPOINT_SCORE: -1.0}
 
 
+def _checkpoint_if_due(state: TrainingState, epoch: int, done: int, progress) -> None:
+    """Inside an epoch, every ``log_every`` optimizer steps (the same step on every rank): write a
+    mid-epoch checkpoint when ``checkpoint_every_min`` minutes have passed since the last one, or
+    at once when the session announces a preemption of one of the run's nodes (once per
+    announcement). The ranks agree: the session's preemption check is a barrier that gives all
+    of them one answer, and the clock of each is all-reduced."""
+    config, session = state.config, state.session
+    if done % config.log_every:
+        return
+    every = config.checkpoint_every_min
+    due = every is not None and _clock() - state.last_checkpoint >= every * 60
+    preempted = session.preemption_pending()
+    if session.world_size > 1 and every is not None:
+        flag = torch.tensor([int(due)], device=session.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        due = bool(flag)
+    if not preempted:
+        state.preemption_saved = False
+    elif not state.preemption_saved:
+        log.warning("a node of this run is being preempted: checkpointing at epoch %d, step %d", epoch + 1, done)
+        state.preemption_saved = due = True
+    if due:
+        _save_progress(state, epoch, progress())
+
+
+def _save_progress(state: TrainingState, epoch: int, progress: EpochProgress) -> None:
+    """A mid-epoch checkpoint: the usual training state after ``epoch`` whole epochs, plus every
+    rank's :class:`EpochProgress` in the epoch under way (``progress``, one per rank)."""
+    session = state.session
+    per_rank: list | None = [progress.to_dict()]
+    if session.world_size > 1:
+        per_rank = [None] * session.world_size if session.world_rank == 0 else None
+        dist.gather_object(progress.to_dict(), per_rank, dst=0)
+    metrics = {"epoch": epoch, "epoch_step": progress.step, CHECKPOINT_SCORE: -1.0}
+    with tempfile.TemporaryDirectory(prefix="raypose-ckpt-") as tmp:
+        ckpt_dir = None
+        if session.world_rank == 0:
+            ckpt_dir = Path(tmp)
+            os.chmod(ckpt_dir, default_mode(directory=True))
+            _write_checkpoint(state, ckpt_dir, epoch, state.history, metrics, progress=per_rank)
+        session.save_progress(with_curve(state.history, metrics), ckpt_dir)
+    state.last_checkpoint = _clock()
+    if session.world_rank == 0:
+        log.info("checkpoint inside epoch %d after step %d", epoch + 1, progress.step)
+
+
+def _write_checkpoint(state: TrainingState, folder: Path, epoch: int, history: list[dict], metrics: dict,
+                      **extra: Any) -> None:
+    save_checkpoint(
+        folder / CHECKPOINT_FILE, state.model, state.config.model,
+        epoch=epoch, config=state.config.model_dump(mode="json"),
+        optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
+        scaler=state.scaler.state_dict(), history=history, metrics=metrics,
+        mlflow_run_id=state.tracker.run_id if state.tracker is not None else None, **extra,
+    )
+
+
 def _checkpoint_and_report(state: TrainingState, metrics: dict[str, float]) -> None:
     """Rank 0 writes the checkpoint (model, optimizer, schedule, scaler, history) to a temporary
     folder; every rank reports, and the session stores the checkpoint."""
@@ -267,14 +332,9 @@ def _checkpoint_and_report(state: TrainingState, metrics: dict[str, float]) -> N
         if state.session.world_rank == 0:
             ckpt_dir = Path(tmp)
             os.chmod(ckpt_dir, default_mode(directory=True))  # copied as it is: follow the umask, not 0700
-            save_checkpoint(
-                ckpt_dir / CHECKPOINT_FILE, state.model, state.config.model,
-                epoch=int(metrics["epoch"]), config=state.config.model_dump(mode="json"),
-                optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
-                scaler=state.scaler.state_dict(), history=[*state.history, metrics], metrics=metrics,
-                mlflow_run_id=state.tracker.run_id if state.tracker is not None else None,
-            )
+            _write_checkpoint(state, ckpt_dir, int(metrics["epoch"]), [*state.history, metrics], metrics)
         state.session.report(with_curve(state.history, metrics), ckpt_dir)
+    state.last_checkpoint = _clock()
 
 
 def with_curve(history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +364,16 @@ def _restore(state: TrainingState) -> tuple[int, list[dict], str | None]:
     apply_hyperparameters(state.optimizer, state.scheduler, fresh_groups, fresh_base_lrs)
     for key, (old, new) in changed_settings(ckpt.get("config", {}), config).items():
         log.warning("resumed with %s changed: %r -> %r", key, old, new)
-    log.info("resumed after epoch %d", ckpt["epoch"])
+    progress = ckpt.get("progress")
+    if progress:
+        if len(progress) != state.session.world_size:
+            raise ConfigError(f"the latest checkpoint of run {config.name!r} was written inside an epoch by "
+                              f"{len(progress)} workers; this run has {state.session.world_size}: resume with "
+                              f"--set workers={len(progress)}")
+        state.progress = EpochProgress.from_dict(progress[state.session.world_rank])
+        log.info("resumed in epoch %d after step %d", ckpt["epoch"] + 1, state.progress.step)
+    else:
+        log.info("resumed after epoch %d", ckpt["epoch"])
     return int(ckpt["epoch"]), list(ckpt.get("history", [])), ckpt.get("mlflow_run_id")
 
 

@@ -21,6 +21,7 @@ from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from raypose.io import write_text_atomic
 
 CHECKPOINT_DIR = re.compile(r"epoch_\d{4,}")
+PARTIAL_DIR = "in_epoch"  # LocalSession's mid-epoch checkpoint
 
 
 def _epoch_of(folder: Path) -> int:
@@ -44,6 +45,13 @@ class Session(Protocol):
     def already_finished(self, last_metrics: dict[str, float]) -> None:
         """The run resumed after its last epoch: ``last_metrics`` are its final epoch's."""
 
+    def save_progress(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Called by every rank for a checkpoint inside an epoch (``metrics``: ``epoch``, the
+        whole epochs done, and ``epoch_step``); it becomes the latest checkpoint."""
+
+    def preemption_pending(self) -> bool:
+        """Whether a node of the run is announced as being preempted (every rank, same step)."""
+
 
 @dataclass
 class LocalSession:
@@ -65,7 +73,7 @@ class LocalSession:
         """A save interrupted mid-copy leaves ``epoch_NNNN.tmp/``: it never counts as a checkpoint
         and is removed. Metrics lines of epochs past the newest checkpoint are dropped too (they
         are trained, and written, again)."""
-        for stale in (self.run_dir / "checkpoints").glob("epoch_*.tmp"):
+        for stale in [*(self.run_dir / "checkpoints").glob("epoch_*.tmp"), self._partial.with_name(PARTIAL_DIR + ".tmp")]:
             shutil.rmtree(stale, ignore_errors=True)
         metrics_file = self.run_dir / "metrics.jsonl"
         if not metrics_file.is_file():
@@ -82,9 +90,37 @@ class LocalSession:
                  if CHECKPOINT_DIR.fullmatch(p.name) and (p / CHECKPOINT_FILE).is_file()]
         return sorted(found, key=_epoch_of)
 
+    @property
+    def _partial(self) -> Path:
+        """The mid-epoch checkpoint (one at a time; removed when the next epoch's lands)."""
+        return self.run_dir / "checkpoints" / PARTIAL_DIR
+
     def latest_checkpoint(self) -> dict[str, Any] | None:
         dirs = self._checkpoint_dirs()
-        return load_checkpoint(dirs[-1] / CHECKPOINT_FILE) if dirs else None
+        latest = load_checkpoint(dirs[-1] / CHECKPOINT_FILE) if dirs else None
+        if (self._partial / CHECKPOINT_FILE).is_file():
+            partial = load_checkpoint(self._partial / CHECKPOINT_FILE)
+            if latest is None or partial["epoch"] >= latest["epoch"]:  # inside the epoch after it
+                return partial
+        return latest
+
+    def save_progress(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Store the mid-epoch checkpoint in place of the previous one (copied, then renamed)."""
+        if checkpoint_dir is not None:
+            self._store(checkpoint_dir, self._partial)
+
+    def preemption_pending(self) -> bool:
+        """A local process is never preempted by Ray (Ctrl-C and signals are handled elsewhere)."""
+        return False
+
+    def _store(self, source: Path, dest: Path) -> None:
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
 
     def already_finished(self, last_metrics: dict[str, float]) -> None:
         """Nothing to do: ``metrics.jsonl`` already holds the last epoch."""
@@ -94,17 +130,11 @@ class LocalSession:
         an interruption at any point leaves either both or neither."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint_dir is not None:
-            dest = self.run_dir / "checkpoints" / f"epoch_{int(metrics['epoch']):04d}"
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(checkpoint_dir, tmp)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+            self._store(checkpoint_dir, self.run_dir / "checkpoints" / f"epoch_{int(metrics['epoch']):04d}")
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if checkpoint_dir is not None:
+            shutil.rmtree(self._partial, ignore_errors=True)  # the whole epoch supersedes it
             self._prune()
 
     def _prune(self) -> None:
