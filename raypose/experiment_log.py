@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,12 @@ class MlflowRun:
             :func:`find_or_create_child_run`) instead of starting one.
         run_name, tags, parent_run_id: for a new run; ``parent_run_id`` sets ``mlflow.parentRunId``
             so the run shows nested under its parent (one child per Tune trial).
+        best_effort: for training: a call the tracking server does not answer (it is down or
+            restarting) is queued instead of raised, and sent, in order, with the next call that
+            gets through; :meth:`end` waits up to ``flush_timeout_s`` for the server. An outage
+            then costs the run nothing; its points reach MLflow when the server is back (and a
+            resumed run backfills what a crash kept from it, :meth:`backfill`). A new run
+            (``run_id`` None) must still be created now.
     """
 
     def __init__(
@@ -92,10 +100,15 @@ class MlflowRun:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
+        best_effort: bool = False,
+        flush_timeout_s: float = 300.0,
     ):
         self.uri = uri
         self.client = MlflowClient(uri)
         self.run_id = run_id
+        self.best_effort = best_effort
+        self.flush_timeout_s = flush_timeout_s
+        self._pending: list[tuple[str, Callable[[], None]]] = []
         if run_id is None:
             exp_id = get_or_create_experiment(self.client, experiment)
             all_tags = {**(tags or {})}
@@ -104,22 +117,76 @@ class MlflowRun:
             self.run_id = self.client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
             log.info("MLflow run %s (%s) at %s", self.run_id, run_name or "", uri)
         else:
-            self.client.update_run(run_id, status="RUNNING")
+            self._call("resume the run", lambda: self.client.update_run(run_id, status="RUNNING"))
             self.set_tags(tags or {})
             log.info("resuming MLflow run %s at %s", run_id, uri)
 
+    @property
+    def pending(self) -> int:
+        """Calls queued while the tracking server did not answer."""
+        return len(self._pending)
+
+    def _call(self, what: str, send: Callable[[], None]) -> None:
+        if not self.best_effort:
+            send()
+            return
+        self._pending.append((what, send))
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Send the queued calls in order; stop at the first that fails. True when none is left."""
+        sent = 0
+        while self._pending:
+            what, send = self._pending[0]
+            try:
+                send()
+            except Exception as e:  # the server is down, restarting or unreachable: keep the call
+                if sent or len(self._pending) == 1:
+                    log.warning("MLflow at %s did not answer (%s: %s); %d call(s) queued until it does (first: %s)",
+                                self.uri, type(e).__name__, str(e)[:200], len(self._pending), what)
+                return False
+            self._pending.pop(0)
+            sent += 1
+        if sent > 1:
+            log.info("MLflow at %s answers again: %d queued call(s) sent", self.uri, sent)
+        return True
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params once; params already logged (a resumed run) are skipped, not re-set."""
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, param_value(v)) for k, v in params.items() if k not in existing]
-        for start in range(0, len(new), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(self.run_id, params=new[start : start + 100])
+
+        def send() -> None:
+            existing = self.client.get_run(self.run_id).data.params
+            new = [Param(k, param_value(v)) for k, v in params.items() if k not in existing]
+            for start in range(0, len(new), 100):  # MLflow caps a batch at 100 params
+                self.client.log_batch(self.run_id, params=new[start : start + 100])
+
+        self._call("log params", send)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000)  # when measured, not when a queued call is sent
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _is_number(v)]
-        for start in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+        def send() -> None:
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+        self._call(f"metrics of step {step}", send)
+
+    def backfill(self, history: list[Mapping[str, Any]], key: str = "train_loss", skip: tuple[str, ...] = ()) -> int:
+        """Log the epochs of ``history`` (per-epoch metrics with ``epoch``) that the run lacks:
+        those a crash or an outage kept from it. Returns how many; 0 when the server does not answer."""
+        try:
+            logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        except Exception as e:
+            log.warning("MLflow at %s did not answer (%s): epochs missing from run %s are not backfilled",
+                        self.uri, type(e).__name__, self.run_id)
+            return 0
+        missing = [m for m in history if int(m["epoch"]) not in logged]
+        for m in missing:
+            self.log_metrics({k: v for k, v in m.items() if k not in ("epoch", *skip)}, step=int(m["epoch"]))
+        if missing:
+            log.info("MLflow run %s: backfilled epoch(s) %s", self.run_id, [int(m["epoch"]) for m in missing])
+        return len(missing)
 
     def metrics(self) -> dict[str, float]:
         """The run's latest value of each metric logged so far."""
@@ -127,18 +194,44 @@ class MlflowRun:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+            self._call(f"tag {k}", lambda k=k, v=v: self.client.set_tag(self.run_id, k, str(v)))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Log a file or a folder's files. Best effort: a folder that may be temporary is
+        copied first, so a queued call still finds it."""
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        elif path.is_file():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if not path.exists():
+            return
+        copy = None
+        if self.best_effort:
+            copy = Path(tempfile.mkdtemp(prefix="raypose-mlflow-queue-"))
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, copy / path.name)
+            path = copy / path.name
+
+        def send() -> None:
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+            if copy is not None:
+                shutil.rmtree(copy, ignore_errors=True)
+
+        self._call(f"artifact {path.name}", send)
 
     def end(self, status: str = "FINISHED") -> None:
-        """End the run as FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(self.run_id, status=status)
+        """End the run as FINISHED, FAILED or KILLED (best effort: after what is queued, waiting
+        up to ``flush_timeout_s`` for the server; if it stays down the run is left as it is,
+        and the queued calls are reported as lost)."""
+        self._call(f"end the run ({status})", lambda: self.client.set_terminated(self.run_id, status=status))
+        deadline = time.monotonic() + self.flush_timeout_s
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+            self._flush()
+        if self._pending:
+            log.error("MLflow at %s did not answer for %.0f s: %d call(s) to run %s are lost (%s); a resumed run "
+                      "backfills its epochs", self.uri, self.flush_timeout_s, len(self._pending), self.run_id,
+                      ", ".join(what for what, _ in self._pending[:5]))
+            self._pending.clear()
 
 
 def param_value(value: Any) -> str:

@@ -229,36 +229,61 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pyt
     return bucket
 
 
+class MlflowServer:
+    """``mlflow server`` on a fixed 127.0.0.1 port (sqlite backend, artifacts proxied into a
+    folder), stopped and started again by handle on the same port and store (an outage)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> None:
+        import shutil
+        import subprocess
+        import sys
+        import urllib.request
+
+        mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+        log = open(self.folder / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+        def ready() -> bool:
+            try:
+                return urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        _wait_until(ready, f"mlflow server (log: {self.folder / 'server.log'})", self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
 @pytest.fixture
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+def mlflow_server_handle(tmp_path_factory: pytest.TempPathFactory):
+    """A :class:`MlflowServer`, started; stopped at the end whatever the test did to it."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_server(mlflow_server_handle: MlflowServer) -> str:
     """``mlflow server`` on a free 127.0.0.1 port (sqlite backend, artifacts proxied into a
     temporary folder); yields its http:// tracking URI."""
-    import shutil
-    import subprocess
-    import sys
-    import urllib.request
-
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait_until(ready, f"mlflow server (log: {folder / 'server.log'})", proc)
-        yield uri
-    finally:
-        _stop(proc)
+    return mlflow_server_handle.uri
 
 
 @pytest.fixture(scope="session")

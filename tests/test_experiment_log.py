@@ -112,3 +112,44 @@ def test_a_resumed_run_gets_new_tags(uri):
     MlflowRun("exp", uri=uri, run_id=run.run_id, tags={"b": "2"})
     tags = MlflowClient(uri).get_run(run.run_id).data.tags
     assert tags["a"] == "1" and tags["b"] == "2"
+
+
+def test_an_outage_queues_training_calls_and_sends_them_in_order_when_the_server_is_back(
+        mlflow_server_handle, monkeypatch, tmp_path):
+    """The real `mlflow server`, stopped and started again on the same port and store: nothing
+    raises while it is down, and every point, tag and artifact arrives once, in order."""
+    from raypose.training.run import MLFLOW_FAST_FAIL
+
+    for key, value in MLFLOW_FAST_FAIL.items():
+        monkeypatch.setenv(key, value)
+    server = mlflow_server_handle
+    run = MlflowRun("outage", uri=server.uri, run_name="r", best_effort=True, flush_timeout_s=60)
+    run.log_metrics({"train_loss": 3.0}, step=1)
+    server.stop()
+    run.log_metrics({"train_loss": 2.0, "oks_map": 0.1}, step=2)
+    run.set_tags({"raypose.note": "during the outage"})
+    (tmp_path / "curves.txt").write_text("x")
+    run.log_artifact(tmp_path / "curves.txt")
+    (tmp_path / "curves.txt").unlink()  # a temporary file: the queued call keeps its own copy
+    assert run.pending == 3
+    server.start()
+    run.log_metrics({"train_loss": 1.0}, step=3)
+    assert run.pending == 0
+    run.end("FINISHED")
+    client = MlflowClient(server.uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.tags["raypose.note"] == "during the outage"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 3.0), (2, 2.0),
+                                                                                                 (3, 1.0)]
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["curves.txt"]
+
+
+def test_backfill_logs_only_the_epochs_a_run_lacks(uri):
+    run = MlflowRun("exp", uri=uri, run_name="r", best_effort=True)
+    run.log_metrics({"train_loss": 3.0}, step=1)
+    history = [{"epoch": 1, "train_loss": 3.0}, {"epoch": 2, "train_loss": 2.0, "oks_map": 0.2, "score": -1}]
+    assert run.backfill(history, skip=("score",)) == 1
+    assert run.backfill(history) == 0
+    client = MlflowClient(uri)
+    assert [m.step for m in client.get_metric_history(run.run_id, "train_loss")] == [1, 2]
+    assert "score" not in client.get_run(run.run_id).data.metrics

@@ -159,6 +159,9 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     start_epoch, state.history, mlflow_run_id = _restore(state)
     if session.world_rank == 0:
         state.tracker = _start_tracking(config, mlflow_run_id or config.mlflow.run_id, session.world_size)
+        if state.tracker is not None and state.history:
+            # epochs a crash between checkpoint and log, or an outage that outlasted the last run, kept out
+            state.tracker.backfill(state.history, skip=(CHECKPOINT_SCORE,))
     if start_epoch >= config.epochs and state.history:
         # resumed after its last epoch (interrupted before it could say so): tell the session how it ended
         session.already_finished(with_curve(state.history[:-1], state.history[-1]))
@@ -386,11 +389,19 @@ def scale_params(config: TrainConfig, world_size: int) -> dict[str, float]:
     return params
 
 
+MLFLOW_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
 def _start_tracking(config: TrainConfig, run_id: str | None, world_size: int):
     if not config.mlflow.enabled:
         return None
     from raypose.experiment_log import MlflowRun, resolve_tracking_uri
 
+    # A tracking server that does not answer fails a call within seconds (MLflow's default retries
+    # for about two minutes per call); the call is queued and training goes on (best_effort).
+    for key, value in MLFLOW_FAST_FAIL.items():
+        os.environ.setdefault(key, value)
     tracker = MlflowRun(
         config.mlflow.experiment,
         uri=config.mlflow.tracking_uri or resolve_tracking_uri(),
@@ -398,6 +409,7 @@ def _start_tracking(config: TrainConfig, run_id: str | None, world_size: int):
         run_name=config.mlflow.run_name or config.name,
         tags={**identity_tags(config), **config.mlflow.tags},
         parent_run_id=config.mlflow.parent_run_id,
+        best_effort=True,
     )
     tracker.log_params({**recipe_params(config), **scale_params(config, world_size)})
     return tracker
