@@ -214,6 +214,33 @@ def fit_to_cluster(config: TrainConfig, driver_cpus: float = 0.0) -> tuple[Train
     return config.model_copy(update=update), note
 
 
+def final_stage_wants_gpu(config: TrainConfig) -> bool:
+    """Whether work after the search (the final stage) should run as a Ray task with a GPU: the
+    cluster has one now, or an autoscaler can add one and the config trains on GPUs."""
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return True
+    return config.use_gpu is True and autoscaler_adds_nodes()
+
+
+def run_with_a_gpu(function, *args):
+    """``function(*args)`` as a Ray task holding one GPU (and one CPU); returns its result."""
+    import ray
+
+    log.info("running %s as a Ray task with one GPU", function.__name__)
+    return ray.get(ray.remote(num_gpus=1, num_cpus=1, max_retries=0)(function).remote(*args))
+
+
+def describe_here() -> str:
+    """This process's node and device, for "ran on" lines: ``10.0.0.5 (host): GPU NVIDIA H100``."""
+    import ray
+
+    node = ray.util.get_node_ip_address() if ray.is_initialized() else "this machine"
+    device = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
+    return f"{node} ({socket.gethostname()}): {device}"
+
+
 def use_gpu(config: TrainConfig) -> bool:
     """Whether workers get a GPU: as the config says; ``auto`` means yes when the Ray cluster
     has GPUs now (an autoscaling cluster may have none yet: cluster configs say ``true``)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from raypose.data.prepare import ensure_data
 from raypose.storage import join, read_text, upload_folder, write_text
-from raypose.training.ray_train import fit_to_cluster, init_ray
+from raypose.training.ray_train import final_stage_wants_gpu, fit_to_cluster, init_ray, run_with_a_gpu
 from raypose.tuning.final import final_stage
 from raypose.tuning.search import check_shared_storage, run_search
 from raypose.tuning.space import SearchSpace
@@ -72,15 +72,15 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
         trials = run_search(space, parent.run_id if parent else None, resume)
         best, baseline = pick_best(trials)
         best_dir = join(space.study_dir, "best")
-        # computed in a local folder, then uploaded beside Tune's state (local, NFS or S3)
-        with tempfile.TemporaryDirectory(prefix="raypose-best-") as tmp:
-            summary = final_stage(
-                best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), Path(tmp), trials,
-                analyze=space.tune.final_analysis, worst=space.tune.worst, search=space.search,
-            )
-            if parent is not None:
-                _log_summary(parent, summary, best, Path(tmp))
-            upload_folder(Path(tmp), best_dir)
+        parent_ref = (space.base.mlflow.experiment, parent.uri, parent.run_id) if parent is not None else None
+        args = (space, best, baseline, trials, best_dir, parent_ref)
+        if final_stage_wants_gpu(space.base):
+            # evaluating the full validation set twice is hours on a head node's CPUs
+            summary, where = run_with_a_gpu(final_stage_into, *args)
+        else:
+            summary, where = final_stage_into(*args)
+        log.info("final stage ran on %s", where)
+        note = "; ".join(n for n in (note, f"final stage ran on {where}") if n)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -90,6 +90,27 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
             _end_parent(space, parent, status)
     return StudyResult(space.name, trials, best, baseline, summary, best_dir, parent.run_id if parent else None,
                        notes=(note,) if note else ())
+
+
+def final_stage_into(space: SearchSpace, best: TrialResult, baseline: TrialResult | None, trials: list[TrialResult],
+                     best_dir: str, parent_ref: tuple[str, str, str] | None) -> tuple[dict[str, Any], str]:
+    """The final stage, wherever it runs (here, or a Ray task on a GPU node): ``best/`` computed
+    in a local folder, logged on the parent run (``(experiment, uri, run_id)``), then uploaded
+    beside Tune's state (local, NFS or S3). Returns the summary and where it ran."""
+    from raypose.training.ray_train import describe_here
+
+    with tempfile.TemporaryDirectory(prefix="raypose-best-") as tmp:
+        summary = final_stage(
+            best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), Path(tmp), trials,
+            analyze=space.tune.final_analysis, worst=space.tune.worst, search=space.search,
+        )
+        if parent_ref is not None:
+            from raypose.experiment_log import MlflowRun
+
+            experiment, uri, run_id = parent_ref
+            _log_summary(MlflowRun(experiment, uri=uri, run_id=run_id), summary, best, Path(tmp))
+        upload_folder(Path(tmp), best_dir)
+    return summary, describe_here()
 
 
 def _end_parent(space: SearchSpace, parent, status: str) -> None:
