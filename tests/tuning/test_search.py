@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,8 +274,11 @@ def test_submitted_search_runs_on_a_two_node_cluster(loopback_cluster, s3_server
     uploads best/ beside Tune's state."""
     address, env = loopback_cluster.dashboard, loopback_cluster.env
     wait_for_jobs_api(address)
+    # a project folder as a user's clone has it: the nodes import raypose from its upload only
     project = tmp_path / "project"
-    project.mkdir()
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "raypose", project / "raypose", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "pyproject.toml", project / "pyproject.toml")
     write_space(project, tiny_train_config, "", num_samples=2, final_analysis=False,
                 storage_path=f"s3://{s3_bucket}/study")
     space = yaml.safe_load((project / "space.yaml").read_text())
