@@ -55,7 +55,8 @@ def config(folder: Path, data_root: Path, name: str, every_min: float | None) ->
 
 def run(cluster, path: Path, kill: bool) -> dict:
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "raypose", "train", str(path)], env=cluster.driver_env,
+    env = {**cluster.driver_env, "RAY_DEDUP_LOGS": "0"}  # every step line, from both ranks
+    proc = subprocess.Popen([sys.executable, "-m", "raypose", "train", str(path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     killed = threading.Event()
