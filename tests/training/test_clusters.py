@@ -143,3 +143,49 @@ def test_ddp_across_two_nodes_trains_as_on_one(loopback_cluster, tiny_train_conf
             torch.testing.assert_close(spread[key], value, rtol=0, atol=1e-6, msg=key)
             moved += 1
     assert moved > 50
+
+
+def test_a_preempted_node_checkpoints_mid_epoch_and_the_run_resumes_there(tiny_train_config, long_epochs, tmp_path):
+    """Ray's own preemption notice: the node running the workers is drained with reason
+    PREEMPTION (as a cloud's spot reclaim reaches Ray); the workers write a checkpoint inside the
+    epoch at once, Train moves the run to another node at the deadline, and it resumes in that
+    epoch at the step after the checkpoint."""
+    from tests.clusters import add_worker_node, node_env, ray_bin, start_head
+
+    cluster = start_head(node_env(), cpus=0)  # the head runs no workers
+    try:
+        add_worker_node(cluster, cpus=2)
+        add_worker_node(cluster, cpus=2)  # PACK puts both workers on one node; the run moves to the other
+        config = write_config(tmp_path, tiny_train_config, name="preempted", workers=2, epochs=4, batch_size=2,
+                              data=long_epochs)
+        env = {**cluster.driver_env, "RAY_DEDUP_LOGS": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "raypose", "train", str(config)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 400
+            while not list((tmp_path / "runs").glob("preempted/**/epoch_0001/checkpoint.pth")):
+                assert proc.poll() is None, proc.stdout.read()[-5000:]
+                assert time.monotonic() < deadline, "no checkpoint of epoch 1"
+                time.sleep(0.5)
+            from ray.util.state import list_actors
+
+            spot = {a.node_id for a in list_actors(address=cluster.dashboard, filters=[
+                ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], raise_on_missing_output=False)}
+            assert len(spot) == 1
+            subprocess.run([ray_bin(), "drain-node", f"--address={cluster.gcs}", f"--node-id={spot.pop()}",
+                            "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
+                            "--deadline-remaining-seconds=3"], check=True, env=cluster.env, capture_output=True)
+            output, _ = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        cluster.stop()
+    assert proc.returncode == 0, output[-6000:]
+    import re
+
+    saved = re.search(r"being preempted: checkpointing at epoch (\d), step (\d)", output)
+    assert saved, output[-6000:]
+    epoch, step = map(int, saved.groups())
+    assert f"epoch_{epoch - 1:04d}_step_{step:06d}" in output  # Train stored it (pruned later, as unevaluated)
+    assert f"resumed in epoch {epoch} after step {step}" in output, output[-6000:]
