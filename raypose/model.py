@@ -313,6 +313,13 @@ def apply_freeze(model: nn.Module, level: str) -> None:
             param.requires_grad_(False)
 
 
+def buffers_change_in_training(model: nn.Module) -> bool:
+    """Whether training updates any buffer: batch norm layers that track running statistics do;
+    frozen batch norm (the detection default) and the rest of KeypointRCNN hold constant buffers.
+    DDP then need not broadcast rank 0's buffers before every forward pass."""
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules())
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Total and trainable parameter counts."""
     total = sum(p.numel() for p in model.parameters())

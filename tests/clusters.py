@@ -96,10 +96,12 @@ def _temp(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
-def start_head(env: dict[str, str], cpus: float, extra: list[str] | None = None, gpus: int = 0) -> LoopbackCluster:
-    gcs, dashboard = free_port(), free_port()
+def start_head(env: dict[str, str], cpus: float, gpus: int = 0, extra: list[str] | None = None,
+               gcs_port: int | None = None, folders: tuple[str, ...] = ()) -> LoopbackCluster:
+    """A head node (its own session folder); ``folders`` are more folders the cluster owns."""
+    gcs, dashboard = gcs_port or free_port(), free_port()
     temp = _temp("rp-h-")
-    cluster = LoopbackCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env, [temp])
+    cluster = LoopbackCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env, [temp, *folders])
     head = [ray_bin(), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus:g}",
             f"--num-gpus={gpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats", *node_ports(), *(extra or [])]
@@ -157,18 +159,7 @@ def start_autoscaling_cluster(env: dict[str, str], head_cpus: float, worker_cpus
     config = Path(folder) / "autoscaling.json"
     config.write_text(json.dumps(autoscaling_config(f"127.0.0.1:{gcs}", worker_cpus, max_workers)))
     env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    dashboard = free_port()
-    temp = _temp("rp-h-")
-    cluster = LoopbackCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env, [temp, folder])
-    head = [ray_bin(), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={head_cpus:g}",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--temp-dir={temp}", "--disable-usage-stats", f"--autoscaling-config={config}", *node_ports()]
-    try:
-        subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+    return start_head(env, head_cpus, extra=[f"--autoscaling-config={config}"], gcs_port=gcs, folders=(folder,))
 
 
 def own_ray_processes(folders: list[str]) -> list[int]:

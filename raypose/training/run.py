@@ -8,6 +8,7 @@ two: rank, device, where checkpoints come from and go. Each epoch is :func:`_run
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from raypose.data.prepare import (
 )
 from raypose.errors import ConfigError
 from raypose.io import default_mode
-from raypose.model import build_model
+from raypose.model import buffers_change_in_training, build_model
 from raypose.training.activations import ActivationStats
 from raypose.training.config import TrainConfig, identity_tags, recipe_params
 from raypose.training.loop import EpochProgress, predict_loader, train_one_epoch
@@ -179,6 +180,18 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     return {"history": state.history, "best": best}
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """``model`` under DDP. Buffers are broadcast from rank 0 before each forward pass only where
+    training changes them (batch norm's running statistics): with frozen batch norm, as in the
+    COCO configs, every buffer is constant and the broadcast is a wasted collective per step."""
+    sync = buffers_change_in_training(model)
+    # torch 2.14 renamed the option (the init-time sync of parameters and buffers stays either way)
+    option = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+              else "broadcast_buffers")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **{option: sync})
+
+
 def _build_state(config: TrainConfig, session: Session) -> TrainingState:
     """Data, model (DDP-wrapped across ranks), optimizer, schedule and scaler for a fresh run."""
     torch.manual_seed(config.seed + session.world_rank)
@@ -187,7 +200,7 @@ def _build_state(config: TrainConfig, session: Session) -> TrainingState:
     model = build_model(config.model).to(device)
     act_stats = ActivationStats(model, config.activation_stats) if config.activation_stats else None
     if session.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = wrap_ddp(model, device)
     loader = make_train_loader(
         train, config.data, config.batch_size, config.seed, session.world_rank, session.world_size,
         pin_memory=device.type == "cuda",

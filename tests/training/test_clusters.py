@@ -42,6 +42,15 @@ def checkpoint_payload(storage: Path, name: str, epoch: int) -> dict:
     return load_checkpoint(found[-1])
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, storage: Path, name: str, epoch: int, timeout: float = 400) -> None:
+    """Until run ``name`` (in ``proc``) has stored the checkpoint of ``epoch``."""
+    deadline = time.monotonic() + timeout
+    while not list(storage.glob(f"{name}/**/epoch_{epoch:04d}/checkpoint.pth")):
+        assert proc.poll() is None, proc.stdout.read()[-5000:]
+        assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch}"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def long_epochs(tmp_path_factory) -> dict:
     """A data block with enough training images for an epoch of several steps per worker."""
@@ -96,11 +105,7 @@ def test_a_killed_train_worker_is_restored_inside_the_run(loopback_cluster, mlfl
     proc = subprocess.Popen([sys.executable, "-m", "raypose", "train", str(config)], env=loopback_cluster.driver_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 400
-        while not list((tmp_path / "runs").glob("killed/**/epoch_0001/checkpoint.pth")):
-            assert proc.poll() is None, proc.stdout.read()[-5000:]
-            assert time.monotonic() < deadline, "no checkpoint of epoch 1"
-            time.sleep(0.5)
+        wait_for_checkpoint(proc, tmp_path / "runs", "killed", 1)
         time.sleep(1.0)  # into epoch 2's steps
         victims = loopback_cluster.train_worker_pids()
         assert len(victims) == 2
@@ -162,11 +167,7 @@ def test_a_preempted_node_checkpoints_mid_epoch_and_the_run_resumes_there(tiny_t
         proc = subprocess.Popen([sys.executable, "-m", "raypose", "train", str(config)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 400
-            while not list((tmp_path / "runs").glob("preempted/**/epoch_0001/checkpoint.pth")):
-                assert proc.poll() is None, proc.stdout.read()[-5000:]
-                assert time.monotonic() < deadline, "no checkpoint of epoch 1"
-                time.sleep(0.5)
+            wait_for_checkpoint(proc, tmp_path / "runs", "preempted", 1)
             from ray.util.state import list_actors
 
             spot = {a.node_id for a in list_actors(address=cluster.dashboard, filters=[
