@@ -12,6 +12,9 @@ ENV MPLBACKEND=Agg \
 # torch/torchvision as pinned by the project's constraint (CUDA build from PyPI).
 RUN pip install "torch==2.14.1" "torchvision==0.29.1"
 
+# The head's MLflow server: a PostgreSQL store that outlives the node (psycopg2), artifacts in S3 (boto3).
+RUN pip install "psycopg2-binary>=2.9" "boto3>=1.34"
+
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users raypose ./raypose
 RUN pip install -e .

@@ -206,7 +206,7 @@ def run_search(space: SearchSpace, parent_run_id: str | None, resume: bool = Fal
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(
         tune.with_parameters(train_driver, space=space, parent_run_id=parent_run_id),
-        {"CPU": space.tune.trial_cpus},
+        {"CPU": space.tune.trial_cpus, **space.tune.trial_resources},
     )
     if resume and tune.Tuner.can_restore(space.tune_dir):
         log.info("resuming the search in %s", space.tune_dir)

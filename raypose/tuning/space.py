@@ -129,6 +129,10 @@ class TuneSettings(BaseModel):
     asha: AshaSettings = Field(default_factory=AshaSettings)
     max_failures: int = Field(default=2, ge=0, description="retries of a failed trial from its last checkpoint")
     trial_cpus: float = Field(default=0.1, ge=0, description="CPU held by each trial's driver (not its workers)")
+    trial_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources each trial's driver holds too, e.g. {on_demand: 0.001} "
+        "to keep drivers off spot nodes (the cluster configs give on_demand to the head and on-demand nodes)",
+    )
     storage_path: str = Field(default="runs", description="Tune and Train results; s3:// or NFS on clusters")
     require_shared_storage: bool | None = Field(
         default=None, description="fail unless storage_path is shared; default: yes on a cluster raypose "
