@@ -172,6 +172,15 @@ class MlflowRun:
 
         self._call(f"metrics of step {step}", send)
 
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps of ``key`` the run holds (empty when the server does not answer)."""
+        try:
+            return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        except Exception as e:
+            log.warning("MLflow at %s did not answer (%s): the steps run %s holds are unknown",
+                        self.uri, type(e).__name__, self.run_id)
+            return set()
+
     def backfill(self, history: list[Mapping[str, Any]], key: str = "train_loss", skip: tuple[str, ...] = ()) -> int:
         """Log the epochs of ``history`` (per-epoch metrics with ``epoch``) that the run lacks:
         those a crash or an outage kept from it. Returns how many; 0 when the server does not answer."""

@@ -87,6 +87,7 @@ class TrainingState:
     progress: EpochProgress | None = None  # where a resumed run's first epoch goes on from (mid-epoch)
     last_checkpoint: float = field(default_factory=lambda: _clock())
     preemption_saved: bool = False  # a checkpoint was written for the preemption now announced
+    logged_epochs: set[int] = field(default_factory=set)  # epochs the MLflow run held when this run started
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -160,9 +161,13 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
     start_epoch, state.history, mlflow_run_id = _restore(state)
     if session.world_rank == 0:
         state.tracker = _start_tracking(config, mlflow_run_id or config.mlflow.run_id, session.world_size)
-        if state.tracker is not None and state.history:
-            # epochs a crash between checkpoint and log, or an outage that outlasted the last run, kept out
-            state.tracker.backfill(state.history, skip=(CHECKPOINT_SCORE,))
+        if state.tracker is not None:
+            # Epochs the MLflow run already holds: a run Train restarted before its last checkpoint
+            # was registered trains such an epoch again, and must not log it twice.
+            state.logged_epochs = state.tracker.logged_steps("train_loss")
+            if state.history:
+                # epochs a crash between checkpoint and log, or an outage that outlasted the last run, kept out
+                state.tracker.backfill(state.history, skip=(CHECKPOINT_SCORE,))
     if start_epoch >= config.epochs and state.history:
         # resumed after its last epoch (interrupted before it could say so): tell the session how it ended
         session.already_finished(with_curve(state.history[:-1], state.history[-1]))
@@ -259,7 +264,10 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
     _checkpoint_and_report(state, metrics)
     # after the checkpoint: an epoch interrupted before it is trained again on resume, and
     # would otherwise be logged twice
-    if state.tracker is not None:
+    if state.tracker is not None and epoch + 1 in state.logged_epochs:
+        log.info("epoch %d is already in MLflow run %s (trained again after a restart): not logged twice",
+                 epoch + 1, state.tracker.run_id)
+    elif state.tracker is not None:
         # OKS first: MLflow keeps a run's metrics in the order first logged, and its Compare view
         # plots the first shared metric (so oks_map, against the searched params)
         ordered = {**{k: metrics[k] for k in EVAL_KEYS if k in metrics}, **metrics}
