@@ -105,7 +105,8 @@ class ModelConfig(BaseModel):
     )
     freeze: Literal["none", "backbone", "fpn", "roi"] = "none"
     trainable_backbone_layers: int | None = Field(
-        default=None, ge=0, le=5, description="torchvision's count of trainable ResNet stages (with freeze=none)"
+        default=None, ge=0, le=5, description="trainable ResNet stages (with freeze=none); null: torchvision's "
+        "default, 3 when the model starts from weights (weights or backbone_weights), 5 from scratch",
     )
     norm: Literal["frozen", "batch"] = Field(
         default="frozen", description="ResNet norm layers: frozen batch norm (detection default) or batch norm"
@@ -156,8 +157,7 @@ def build_model(config: ModelConfig) -> KeypointRCNN:
     coco_heads_only = config.weights == "coco" and config.backbone != COCO_WEIGHTS_BACKBONE
     if not use_detector_weights or coco_heads_only:
         _load_backbone_body(body, config)
-    trainable = 5 if config.trainable_backbone_layers is None else config.trainable_backbone_layers
-    backbone = _resnet_fpn_extractor(body, trainable)
+    backbone = _resnet_fpn_extractor(body, trainable_layers(config))
     if config.fpn_channels != backbone.out_channels:
         backbone = BackboneWithFPN(
             body, {f"layer{k}": str(k - 1) for k in range(1, 5)}, [body.inplanes // 8 * 2**i for i in range(4)], config.fpn_channels,
@@ -188,6 +188,15 @@ def build_model(config: ModelConfig) -> KeypointRCNN:
         log.warning("model.freeze=%s: %s", config.freeze, reason)
     apply_freeze(model, config.freeze)
     return model
+
+
+def trainable_layers(config: ModelConfig) -> int:
+    """The ResNet stages left trainable: ``trainable_backbone_layers``, or as torchvision's
+    ``keypointrcnn_resnet50_fpn`` decides: 3 for a model started from trained weights (the stem
+    and the first stage keep their pretrained filters), 5 for one trained from scratch."""
+    if config.trainable_backbone_layers is not None:
+        return config.trainable_backbone_layers
+    return 3 if config.weights is not None or config.backbone_weights is not None else 5
 
 
 # --- crowd regions ------------------------------------------------------------------------------

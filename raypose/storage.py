@@ -73,3 +73,34 @@ def upload_folder(folder: Path, location: str) -> str:
             with atomic_path(Path(root) / rel) as tmp:
                 shutil.copyfile(source, tmp)
     return location
+
+
+def list_folders(location: str) -> list[str]:
+    """The names of the folders directly under ``location`` (``[]`` when there is none)."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(location)
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return []
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=False))
+    return sorted(info.base_name for info in infos if info.type == fs.FileType.Directory)
+
+
+def delete_folder(location: str) -> None:
+    """Remove ``location`` and everything under it (nothing when it is not there)."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(location)
+    if filesystem.get_file_info(path).type == fs.FileType.Directory:
+        filesystem.delete_dir(path)
+
+
+def folder_bytes(location: str) -> int:
+    """The bytes of the files under ``location``."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(location)
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return 0
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    return sum(info.size or 0 for info in infos if info.type == fs.FileType.File)

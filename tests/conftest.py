@@ -134,12 +134,21 @@ def ray_local():
 # --- Real services on loopback, started and stopped by handle --------------------------------
 
 
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
+    """A 127.0.0.1 port free now and never given before by this process: the kernel may hand a
+    just-closed port out again, and one `ray start` given the same port twice fails to start."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def _wait_until(ready, what: str, proc, timeout_s: float = 120.0) -> None:

@@ -57,6 +57,21 @@ def test_trainable_backbone_layers_and_output_shapes():
     assert out["keypoints"].shape[1:] == (23, 3) and out["keypoints_scores"].shape[1:] == (23,)
 
 
+def test_a_model_started_from_weights_trains_three_resnet_stages_as_torchvision(tmp_path):
+    """torchvision's keypointrcnn_resnet50_fpn leaves 3 stages trainable when it starts from
+    trained weights (5 from scratch); raypose's null trainable_backbone_layers does the same."""
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+
+    def body(**kw) -> set[str]:
+        model = build_model(ModelConfig(**{**TINY, **kw}))
+        return {n.split(".")[2] for n, p in model.named_parameters() if n.startswith("backbone.body") and p.requires_grad}
+
+    assert body(backbone_weights=str(path)) == {"layer2", "layer3", "layer4"}
+    assert body() == {"conv1", "layer1", "layer2", "layer3", "layer4"}  # from scratch: all 5 stages
+    assert body(backbone_weights=str(path), trainable_backbone_layers=5) >= {"conv1", "layer1"}
+
+
 def test_a_narrower_fpn_feeds_every_head_and_keeps_the_trainable_layers():
     wide = build_model(ModelConfig(**{**TINY, "fpn_channels": 256}, trainable_backbone_layers=2))
     narrow = build_model(ModelConfig(**{**TINY, "fpn_channels": 64}, trainable_backbone_layers=2))
@@ -180,7 +195,8 @@ def test_checkpoint_round_trip_and_predict_cli(tmp_path, synth_data, capsys):
     assert len(dets[0]["keypoints"]) == 69 and len(dets[0]["keypoint_scores"]) == 23
     assert f"detections on {len(gt_ids)} images" in capsys.readouterr().out
     assert main(["eval", str(synth_data.val_ann), str(out), "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}
+    assert set(json.loads(capsys.readouterr().out)) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl",
+                                                        "body_ap", "foot_ap"}
     assert main(["predict", str(tmp_path / "none.pth"), str(synth_data.val_images), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 

@@ -63,7 +63,14 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print exactly one JSON object with AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl",
+        help="print exactly one JSON object with AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl "
+        "(and body_ap, foot_ap for 23 keypoints)",
+    )
+    p.add_argument(
+        "--foot-sigmas",
+        choices=["raypose", "wholebody"],
+        default="raypose",
+        help="sigmas of foot_ap (23 keypoints): raypose's 0.062 each, as in AP, or COCO-WholeBody's foot sigmas",
     )
     p.add_argument(
         "--sigmas",
@@ -105,11 +112,12 @@ def run_eval(args: argparse.Namespace) -> int:
         sigmas=args.sigmas,
         per_keypoint=not args.json or args.out is not None,
         fast=not args.slow,
+        foot_sigmas=None if args.foot_sigmas == "raypose" else args.foot_sigmas,
     )
     if args.out is not None:
         paths = write_eval_report(result, args.out)
     if args.json:
-        print(json.dumps({name: float(result.stats[name]) for name in STAT_NAMES}))
+        print(json.dumps({**{name: float(result.stats[name]) for name in STAT_NAMES}, **result.parts}))
         return 0
     print(format_summary(result))
     if args.out is not None:
@@ -127,6 +135,11 @@ def format_summary(result) -> str:
         lines.append(
             f" {kind} @[ OKS={oks:<9} | area={area:>6s} | maxDets= 20 ] = {result.stats[name]:0.3f}  {name}"
         )
+    if result.parts:
+        body, foot = result.parts["body_ap"], result.parts["foot_ap"]
+        lines.append(f" body_ap = {body:0.3f}  (the 17 COCO points alone, COCO's sigmas: torchvision's scale)")
+        lines.append(f" foot_ap = {foot:0.3f}  (the 6 foot points, people who label any)"
+                     if foot >= 0 else " foot_ap = -     (no person labels a foot point)")
     if result.per_keypoint:
         lines.append("")
         lines.append(f"{'keypoint':<16} {'AP':>6} {'AP50':>6} {'AP75':>6} {'mean_ks':>8} {'labelled':>8}")

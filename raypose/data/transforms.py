@@ -59,7 +59,10 @@ def select_people(target: Target, keep: torch.Tensor) -> Target:
 class RandomHorizontalFlip:
     """Mirror the image with probability ``p``; relabel left/right keypoints by ``schema.flip_index``.
 
-    A point at x maps to ``W - x`` (pixel edges, as torchvision does for boxes); v = 0 points stay 0.
+    COCO keypoints are pixel indices (the point at x = 0 is the first column's centre), so a
+    point at x maps to ``W - 1 - x``, the column its pixel lands on; ``W - x`` (torchvision's
+    reference) would teach half the data a one-pixel shift. Boxes are pixel edges and map to
+    ``W - x``. v = 0 points stay 0.
     """
 
     def __init__(self, schema: KeypointSchema, p: float = 0.5):
@@ -76,7 +79,7 @@ class RandomHorizontalFlip:
         if "crowd_boxes" in target:
             target["crowd_boxes"] = _flip_boxes(target["crowd_boxes"], width)
         keypoints = target["keypoints"][:, self.flip_index].clone()
-        keypoints[..., 0] = width - keypoints[..., 0]
+        keypoints[..., 0] = width - 1 - keypoints[..., 0]
         target["keypoints"] = zero_unlabelled(keypoints)
         return image, target
 

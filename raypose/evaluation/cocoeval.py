@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+# The parts of the 23-point schema scored on their own: the body is COCO's 17 points (its AP,
+# with COCO's sigmas, is the number torchvision's 65.0 for keypointrcnn_resnet50_fpn is), the
+# foot the 6 CMU foot points, on the people who label any.
+BODY, FOOT = slice(0, 17), slice(17, 23)
+# COCO-WholeBody's foot sigmas, in the schema's order (left big toe, left small toe, left heel,
+# then right): `--foot-sigmas wholebody`. raypose's own are 0.062 each (the 23-point oks_map's).
+FOOT_SIGMAS = {"wholebody": np.array([0.068, 0.066, 0.066, 0.092, 0.094, 0.094])}
 
 
 @dataclass
@@ -69,6 +76,7 @@ class KeypointEvalResult:
     num_gt: int = 0
     num_dets: int = 0
     area_labels: tuple[str, ...] = ("all", "medium", "large")
+    parts: dict[str, float] = field(default_factory=dict)  # body_ap, foot_ap (23-point ground truth); -1 undefined
 
     def pr_curves(self) -> dict[str, list[float]]:
         """Precision at each recall threshold per OKS threshold (area "all", first category).
@@ -97,6 +105,7 @@ class KeypointEvalResult:
             "num_images": self.num_images,
             "num_gt": self.num_gt,
             "num_dets": self.num_dets,
+            **{name: _finite_or_none(v) for name, v in self.parts.items()},
         }
 
 
@@ -177,6 +186,7 @@ def evaluate_keypoints(
     image_ids: list[int] | None = None,
     per_keypoint: bool = True,
     fast: bool = True,
+    foot_sigmas: str | None = None,
 ) -> KeypointEvalResult:
     """OKS mAP of COCO keypoint results, numbers identical to pycocotools' ``COCOeval``.
 
@@ -198,6 +208,9 @@ def evaluate_keypoints(
             full evaluation at OKS 0.5 whose person labels k (NaN if none); ``num_labelled`` counts
             non-crowd people labelling k. Computed with the vectorised engine in both modes.
         fast: use the vectorised evaluator (bit-identical); False runs plain pycocotools.
+        foot_sigmas: ``"wholebody"`` scores ``foot_ap`` with COCO-WholeBody's foot sigmas; None
+            with ``sigmas``' foot entries. With 23-point ground truth the result's ``parts`` hold
+            ``body_ap`` (the 17 body points alone, COCO's sigmas) and ``foot_ap``.
 
     Raises:
         InputError: unreadable files, keypoint counts that disagree, unknown image ids, wrongly typed
@@ -210,7 +223,7 @@ def evaluate_keypoints(
         sigmas = _resolve_sigmas(sigmas, truth)
         _check_counts(_det_keypoint_count(det_list), truth.num_keypoints, len(sigmas), det_source)
         found = inputs.detections_from_list(det_list, truth, det_source, keep_records=not fast)
-        return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint, fast)
+        return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint, fast, foot_sigmas)
 
 
 def evaluate_detections(
@@ -220,6 +233,7 @@ def evaluate_detections(
     image_ids: list[int] | None = None,
     per_keypoint: bool = False,
     fast: bool = True,
+    foot_sigmas: str | None = None,
 ) -> KeypointEvalResult:
     """:func:`evaluate_keypoints` on inputs already checked by :mod:`raypose.evaluation.inputs`.
 
@@ -227,6 +241,34 @@ def evaluate_detections(
     detections, so nothing is parsed again. ``fast=False`` needs ``found.records``.
     """
     sigmas = _resolve_sigmas(sigmas, truth)
+    result = _evaluate(truth, found, sigmas, image_ids, per_keypoint, fast)
+    result.parts = part_aps(truth, found, sigmas, image_ids, foot_sigmas)
+    logger.info(
+        "OKS AP %.4f (AP50 %.4f, AP75 %.4f)%s on %d images, %d people, %d detections",
+        result.stats["AP"], result.stats["AP50"], result.stats["AP75"],
+        "".join(f", {k} {v:.4f}" for k, v in result.parts.items()), result.num_images, result.num_gt, result.num_dets,
+    )  # fmt: skip
+    return result
+
+
+def part_aps(truth: GroundTruth, found: Detections, sigmas: np.ndarray, image_ids: list[int] | None = None,
+             foot_sigmas: str | None = None) -> dict[str, float]:
+    """``body_ap`` and ``foot_ap`` of 23-point detections ({} for other schemas): the AP of files
+    holding only the 17 body points (exactly pycocotools' AP on them, COCO's sigmas) or only the
+    6 foot points (people who label none are ignored; -1 when nobody labels any)."""
+    if truth.num_keypoints != 23:
+        return {}
+    if foot_sigmas is not None and foot_sigmas not in FOOT_SIGMAS:
+        raise ValueError(f"foot_sigmas {foot_sigmas!r}: use one of {', '.join(FOOT_SIGMAS)} or None")
+    foot = FOOT_SIGMAS[foot_sigmas] if foot_sigmas else sigmas[FOOT]
+    return {
+        name: _evaluate(*inputs.keypoint_subset(truth, found, part), part_sigmas, image_ids).stats["AP"]
+        for name, part, part_sigmas in (("body_ap", BODY, schema_for(17).sigmas), ("foot_ap", FOOT, foot))
+    }
+
+
+def _evaluate(truth: GroundTruth, found: Detections, sigmas: np.ndarray, image_ids: list[int] | None = None,
+              per_keypoint: bool = False, fast: bool = True) -> KeypointEvalResult:
     if len(found.scores) == 0:
         logger.warning("%s: no detections; every number is 0 (or -1 where undefined)", found.source)
     params = Params(iouType="keypoints")
@@ -256,11 +298,6 @@ def evaluate_detections(
     )
     if per_keypoint:
         result.per_keypoint = _per_keypoint(data, match, params, sigmas, truth.keypoint_names)
-    logger.info(
-        "OKS AP %.4f (AP50 %.4f, AP75 %.4f) on %d images, %d people, %d detections",
-        result.stats["AP"], result.stats["AP50"], result.stats["AP75"],
-        result.num_images, result.num_gt, result.num_dets,
-    )  # fmt: skip
     return result
 
 
@@ -439,6 +476,7 @@ def evaluate_in_memory(
     parts: list[dict[str, np.ndarray]],
     image_ids: list[int] | None = None,
     sigmas: np.ndarray | None = None,
+    foot_sigmas: str | None = None,
 ) -> KeypointEvalResult:
     """The in-training evaluation: OKS mAP of :func:`outputs_to_arrays` parts (one per rank, in rank
     order), against a ground-truth file parsed once per process (:func:`inputs.cached_ground_truth`).
@@ -454,7 +492,7 @@ def evaluate_in_memory(
         k = truth.num_keypoints
         merged = {"image_ids": np.zeros(0, np.int64), "keypoints": np.zeros((0, k, 3)), "scores": np.zeros(0)}
     found = inputs.detections_from_arrays(truth, **merged)
-    return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint=False)
+    return evaluate_detections(truth, found, sigmas, image_ids, per_keypoint=False, foot_sigmas=foot_sigmas)
 
 
 def plot_pr_curves(result: KeypointEvalResult, path: str | Path) -> Path:

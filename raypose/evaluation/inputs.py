@@ -70,6 +70,7 @@ class Detections:
     file_index: np.ndarray  # (N,) int64 position in the file (loadRes numbers results file_index + 1)
     keypoint_scores: np.ndarray | None  # (N, K) when every detection has them
     records: list | None = None  # the file's detections (all categories), for pycocotools (--slow)
+    areas_from_keypoints: bool = False  # no boxes: the areas are the keypoints' extent (loadRes)
 
 
 def ground_truth(gt: str | os.PathLike | dict) -> GroundTruth:
@@ -408,6 +409,7 @@ def detections_from_list(
         file_index=kept.astype(np.int64),
         keypoint_scores=_keypoint_scores(person, k, source, labels),
         records=dets if keep_records else None,
+        areas_from_keypoints=not (dets and dets[0].get("bbox", []) != []),
     )
 
 
@@ -487,6 +489,21 @@ def _keypoint_scores(person: list, k: int, source: str, labels: list[str] | None
     if not person or not all("keypoint_scores" in d for d in person):
         return None
     return _rows([d["keypoint_scores"] for d in person], k, source, "detection", "keypoint_scores", labels)
+
+
+def keypoint_subset(truth: GroundTruth, found: Detections, keep: slice) -> tuple[GroundTruth, Detections]:
+    """The ground truth and detections of the keypoints ``keep`` only, as files holding just
+    those points would give: ``num_keypoints`` recounted over them (a person labelling none is
+    ignored, as pycocotools ignores ``num_keypoints`` 0), boxes and ground-truth areas kept,
+    detection areas recomputed where they come from the keypoints' extent."""
+    kpts = np.ascontiguousarray(truth.keypoints[:, keep])
+    part_truth = replace(truth, keypoint_names=truth.keypoint_names[keep], keypoints=kpts, dataset=None,
+                         num_labelled=np.count_nonzero(kpts[:, :, 2] > 0, axis=1).astype(np.int64))
+    det_kpts = np.ascontiguousarray(found.keypoints[:, keep])
+    areas = _areas([], np.arange(len(det_kpts)), det_kpts, found.source) if found.areas_from_keypoints else found.areas
+    part_found = replace(found, keypoints=det_kpts, areas=areas, records=None,
+                         keypoint_scores=None if found.keypoint_scores is None else found.keypoint_scores[:, keep])
+    return part_truth, part_found
 
 
 def category_data(
@@ -593,4 +610,5 @@ def detections_from_arrays(
         areas=areas,
         file_index=np.arange(num, dtype=np.int64),
         keypoint_scores=None,
+        areas_from_keypoints=boxes is None or not num,
     )

@@ -56,7 +56,15 @@ class DataConfig(_Strict):
     val_images: str = "val2017"
     synth: SynthConfig = Field(default_factory=SynthConfig)
     train_limit: int | None = Field(default=None, gt=0, description="use only the first N training images")
-    val_limit: int | None = Field(default=None, gt=0, description="evaluate on the first N validation images")
+    val_limit: int | None = Field(
+        default=None, gt=0, description="evaluate on the first N validation images; a search's final stage "
+        "reports on the ones past N, which no trial was scored on (unless test_ann is set)",
+    )
+    test_ann: str | None = Field(
+        default=None, description="a held-out annotation file the search's final stage reports on (never used "
+        "to choose anything); default: the validation images past val_limit",
+    )
+    test_images: str | None = Field(default=None, description="the images of test_ann (default: val_images)")
     loader_workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training worker")
     hflip_prob: float = Field(default=0.5, ge=0.0, le=1.0)
     scale_range: tuple[float, float] = (0.75, 1.25)
@@ -141,7 +149,16 @@ class TrainConfig(_Strict):
     gpus_per_worker: float = Field(default=1.0, gt=0, description="below 1: several workers (trials) share a GPU")
     eval_batch_size: int = Field(default=4, gt=0)
     eval_every: int = Field(default=1, gt=0, description="evaluate every N epochs (and after the last)")
+    foot_sigmas: Literal["raypose", "wholebody"] = Field(
+        default="raypose", description="the sigmas foot_ap scores the 6 foot points with: raypose's (0.062 each, "
+        "as in oks_map) or COCO-WholeBody's (comparable with WholeBody foot AP)",
+    )
     keep_checkpoints: int = Field(default=2, gt=0)
+    checkpoint_upload: Literal["async", "sync"] = Field(
+        default="async",
+        description="on Ray Train: async uploads a checkpoint in the background while training goes on (Train "
+        "registers it, and a resume can use it, only once it is stored whole); sync waits for the upload",
+    )
     max_failures: int = Field(
         default=2, ge=-1,
         description="Ray Train restarts the workers from the last checkpoint after a lost worker or node, up to N "

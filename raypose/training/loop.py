@@ -378,11 +378,15 @@ def predict_loader(
 def validation_loss(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
     """Mean training losses on a loader without updating anything (for overfitting plots).
 
-    torchvision detection models return losses only in train mode; with frozen batch norm
-    (the default) train mode changes no statistics.
+    torchvision detection models return losses only in train mode; the batch-norm layers are put
+    in eval mode meanwhile, so (with ``norm: batch``) they normalise with their running
+    statistics and do not update them from validation images. Frozen batch norm has none.
     """
     was_training = model.training
     model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
     sums: dict[str, float] = defaultdict(float)
     n = 0
     for images, targets in loader:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class TrainingState:
     progress: EpochProgress | None = None  # where a resumed run's first epoch goes on from (mid-epoch)
     last_checkpoint: float = field(default_factory=lambda: _clock())
     preemption_saved: bool = False  # a checkpoint was written for the preemption now announced
+    checkpoint_seconds: float = 0.0  # how long the last checkpoint held training up
     logged_epochs: set[int] = field(default_factory=set)  # epochs the MLflow run held when this run started
 
 
@@ -130,8 +132,10 @@ def replica_divergence(model: torch.nn.Module) -> float:
 def evaluate_distributed(model, val, config: TrainConfig, session: Session) -> dict[str, float]:
     """OKS metrics on the validation set: each rank predicts a shard, rank 0 gathers and evaluates.
 
-    Returns the :data:`EVAL_KEYS` metrics on rank 0 and ``{}`` on the other ranks. Detections
-    travel as numpy arrays to rank 0 only; the ground truth is parsed once per process.
+    Returns the :data:`EVAL_KEYS` metrics on rank 0, with ``body_ap`` and ``foot_ap`` for the
+    23-point schema (see :func:`raypose.evaluation.cocoeval.part_aps`), and ``{}`` on the other
+    ranks. Detections travel as numpy arrays to rank 0 only; the ground truth is parsed once per
+    process.
     """
     from raypose.evaluation.cocoeval import evaluate_in_memory, outputs_to_arrays
 
@@ -146,8 +150,9 @@ def evaluate_distributed(model, val, config: TrainConfig, session: Session) -> d
         parts = gathered or []
     if session.world_rank != 0:
         return {}
-    evaluation = evaluate_in_memory(annotation_source(val), parts, image_ids=image_ids(val))
-    return {key: evaluation.stats[stat] for key, stat in EVAL_KEYS.items()}
+    evaluation = evaluate_in_memory(annotation_source(val), parts, image_ids=image_ids(val),
+                                    foot_sigmas=None if config.foot_sigmas == "raypose" else config.foot_sigmas)
+    return {**{key: evaluation.stats[stat] for key, stat in EVAL_KEYS.items()}, **evaluation.parts}
 
 
 def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
@@ -271,6 +276,7 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
         # OKS first: MLflow keeps a run's metrics in the order first logged, and its Compare view
         # plots the first shared metric (so oks_map, against the searched params)
         ordered = {**{k: metrics[k] for k in EVAL_KEYS if k in metrics}, **metrics}
+        ordered.update(checkpoint_timing(state) if session.world_rank == 0 else {})
         state.tracker.log_metrics({k: v for k, v in ordered.items() if k not in ("epoch", CHECKPOINT_SCORE)},
                                   step=epoch + 1)
     return metrics
@@ -325,14 +331,8 @@ def _save_progress(state: TrainingState, epoch: int, progress: EpochProgress) ->
         per_rank = [None] * session.world_size if session.world_rank == 0 else None
         dist.gather_object(progress.to_dict(), per_rank, dst=0)
     metrics = {"epoch": epoch, "epoch_step": progress.step, CHECKPOINT_SCORE: -1.0}
-    with tempfile.TemporaryDirectory(prefix="raypose-ckpt-") as tmp:
-        ckpt_dir = None
-        if session.world_rank == 0:
-            ckpt_dir = Path(tmp)
-            os.chmod(ckpt_dir, default_mode(directory=True))
-            _write_checkpoint(state, ckpt_dir, epoch, state.history, metrics, progress=per_rank)
-        session.save_progress(with_curve(state.history, metrics), ckpt_dir)
-    state.last_checkpoint = _clock()
+    _store_checkpoint(state, session.save_progress, with_curve(state.history, metrics), epoch, state.history, metrics,
+                      progress=per_rank)
     if session.world_rank == 0:
         log.info("checkpoint inside epoch %d after step %d", epoch + 1, progress.step)
 
@@ -349,16 +349,43 @@ def _write_checkpoint(state: TrainingState, folder: Path, epoch: int, history: l
 
 
 def _checkpoint_and_report(state: TrainingState, metrics: dict[str, float]) -> None:
-    """Rank 0 writes the checkpoint (model, optimizer, schedule, scaler, history) to a temporary
-    folder; every rank reports, and the session stores the checkpoint."""
-    with tempfile.TemporaryDirectory(prefix="raypose-ckpt-") as tmp:
-        ckpt_dir = None
-        if state.session.world_rank == 0:
-            ckpt_dir = Path(tmp)
-            os.chmod(ckpt_dir, default_mode(directory=True))  # copied as it is: follow the umask, not 0700
-            _write_checkpoint(state, ckpt_dir, int(metrics["epoch"]), [*state.history, metrics], metrics)
-        state.session.report(with_curve(state.history, metrics), ckpt_dir)
+    """The epoch's checkpoint (model, optimizer, schedule, scaler, history), and every rank reports."""
+    _store_checkpoint(state, state.session.report, with_curve(state.history, metrics), int(metrics["epoch"]),
+                      [*state.history, metrics], metrics)
+
+
+def _store_checkpoint(state: TrainingState, send, reported: dict[str, Any], epoch: int, history: list[dict],
+                      metrics: dict, **extra: Any) -> None:
+    """Rank 0 writes the checkpoint into a new temporary folder; every rank calls ``send`` (the
+    session's report or save_progress) with ``reported`` and that folder (None on the others).
+    The session owns the folder from then on: it removes it once stored, which an asynchronous
+    upload does after ``send`` returns. ``state.checkpoint_seconds``: how long training waited."""
+    start = time.perf_counter()
+    folder = None
+    if state.session.world_rank == 0:
+        folder = Path(tempfile.mkdtemp(prefix="raypose-ckpt-"))
+        os.chmod(folder, default_mode(directory=True))  # copied as it is: follow the umask, not 0700
+    try:
+        if folder is not None:
+            _write_checkpoint(state, folder, epoch, history, metrics, **extra)
+        send(reported, folder)
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    state.checkpoint_seconds = time.perf_counter() - start
     state.last_checkpoint = _clock()
+
+
+def checkpoint_timing(state: TrainingState) -> dict[str, float]:
+    """What the last checkpoint cost, for MLflow: the seconds training waited for it (writing, and
+    the upload when synchronous), and the seconds and MB of the last checkpoint stored (an
+    asynchronous upload finishes later: the previous one's, until it does)."""
+    timing = {"checkpoint_wait_s": state.checkpoint_seconds}
+    if state.session.stored:
+        last = state.session.stored[-1]
+        timing.update(checkpoint_upload_s=last.seconds, checkpoint_mb=last.bytes / 1e6)
+    return timing
 
 
 def with_curve(history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,20 @@ from raypose.io import write_text_atomic
 
 CHECKPOINT_DIR = re.compile(r"epoch_\d{4,}")
 PARTIAL_DIR = "in_epoch"  # LocalSession's mid-epoch checkpoint
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint a session has put in storage: its folder's name, how long storing it took
+    (an asynchronous upload's own time, which training no longer waits for) and its bytes."""
+
+    name: str
+    seconds: float
+    bytes: int
+
+
+def folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 def _epoch_of(folder: Path) -> int:
@@ -40,7 +55,9 @@ class Session(Protocol):
         """The payload of the newest checkpoint of this run, or None for a fresh run."""
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """Called by every rank once per epoch; rank 0 passes a folder holding the checkpoint."""
+        """Called by every rank once per epoch; rank 0 passes a folder holding the checkpoint.
+        The session owns that folder from then on and removes it once stored (an asynchronous
+        upload stores it after this returns)."""
 
     def already_finished(self, last_metrics: dict[str, float]) -> None:
         """The run resumed after its last epoch: ``last_metrics`` are its final epoch's."""
@@ -51,6 +68,8 @@ class Session(Protocol):
 
     def preemption_pending(self) -> bool:
         """Whether a node of the run is announced as being preempted (every rank, same step)."""
+
+    stored: list[StoredCheckpoint]  # this rank's checkpoints in storage so far, in the order stored
 
 
 @dataclass
@@ -64,6 +83,7 @@ class LocalSession:
     world_rank: int = 0
     world_size: int = 1
     node_id: str = "local"
+    stored: list[StoredCheckpoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -105,7 +125,7 @@ class LocalSession:
         return latest
 
     def save_progress(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """Store the mid-epoch checkpoint in place of the previous one (copied, then renamed)."""
+        """Store the mid-epoch checkpoint in place of the previous one (moved to a temporary name, then renamed)."""
         if checkpoint_dir is not None:
             self._store(checkpoint_dir, self._partial)
 
@@ -114,19 +134,22 @@ class LocalSession:
         return False
 
     def _store(self, source: Path, dest: Path) -> None:
+        """Move ``source`` (the session's from now on) to ``dest`` through ``dest.tmp``."""
+        start, size = time.perf_counter(), folder_size(source)
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, tmp)
+        shutil.move(source, tmp)  # a rename on the same disk, a copy and delete across disks
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
+        self.stored.append(StoredCheckpoint(dest.name, time.perf_counter() - start, size))
 
     def already_finished(self, last_metrics: dict[str, float]) -> None:
         """Nothing to do: ``metrics.jsonl`` already holds the last epoch."""
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """Store the checkpoint (copied to ``epoch_NNNN.tmp``, then renamed), then the metrics line:
+        """Store the checkpoint (moved to ``epoch_NNNN.tmp``, then renamed), then the metrics line:
         an interruption at any point leaves either both or neither."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint_dir is not None:

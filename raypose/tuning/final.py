@@ -1,11 +1,18 @@
-"""The search's final stage: the best checkpoint on the full validation set, error analysis,
-and a ``best/`` folder (checkpoint, config, detections, metrics, report). No Ray, no MLflow here:
-the caller logs what this returns.
+"""The search's final stage: the best checkpoint on the held-out images, error analysis, and a
+``best/`` folder (checkpoint, config, detections, metrics, report). No Ray, no MLflow here: the
+caller logs what this returns.
+
+The search picks its best trial by the score on the validation images the trials evaluate (the
+first ``data.val_limit``); reporting the pick on those same images would flatter it. The final
+stage therefore reports on images the search never scored: ``data.test_ann`` when set, else
+the validation images past ``data.val_limit`` (:func:`held_out_split`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from raypose.checkpoint import CHECKPOINT_FILE, load_model_from_checkpoint
 from raypose.data.dataset import KeypointDataset, collate_fn
+from raypose.data.prepare import image_ids
 from raypose.evaluation.cocoeval import evaluate_keypoints, outputs_to_coco_results, write_eval_report
 from raypose.io import write_json_atomic, write_text_atomic
 from raypose.storage import fetch_file
@@ -26,36 +34,80 @@ from raypose.tuning.trials import TrialResult, epochs_saved
 log = logging.getLogger(__name__)
 
 
-def evaluate_full_validation(checkpoint: Path, config: TrainConfig, out_dir: Path) -> dict[str, Any]:
-    """Predict the whole validation set (no ``val_limit``) and evaluate; writes detections and report."""
+@dataclass(frozen=True)
+class HeldOut:
+    """The images the final stage reports on: ``ann`` (a COCO file) with ``images`` (their folder)."""
+
+    ann: Path
+    images: Path
+    held_out: bool  # False: no image was left out of the search's scoring (the number is the selection's own)
+    description: str  # which images, in words (metrics.json, report.md)
+
+
+def held_out_split(config: TrainConfig, out_dir: Path) -> HeldOut:
+    """``data.test_ann`` when set; else the validation images past ``data.val_limit`` (in the
+    order training reads them), written to ``out_dir/heldout_ann.json``; else, when the search
+    scored every validation image, the whole validation set, marked as not held out."""
+    data = config.data
+    if data.test_ann is not None:
+        return HeldOut(data.path(data.test_ann), data.path(data.test_images or data.val_images), True,
+                       f"data.test_ann ({data.test_ann}), which the search never scored")
+    val_ann, val_images = data.path(data.val_ann), data.path(data.val_images)
+    ordered = image_ids(KeypointDataset(val_ann, val_images, train=False))
+    searched = min(data.val_limit or len(ordered), len(ordered))
+    if searched >= len(ordered):
+        log.warning("the search scored all %d validation images: the final numbers are the selection's own "
+                    "(optimistic); set data.val_limit below that, or data.test_ann, to hold images out", len(ordered))
+        return HeldOut(val_ann, val_images, False,
+                       f"all {len(ordered)} validation images, which the search scored too (no held-out images: "
+                       "set data.val_limit or data.test_ann)")
+    keep = set(ordered[searched:])
+    full = json.loads(val_ann.read_text())
+    subset = {**full, "images": [im for im in full["images"] if im["id"] in keep],
+              "annotations": [a for a in full.get("annotations", []) if a["image_id"] in keep]}
+    path = write_json_atomic(out_dir / "heldout_ann.json", subset)
+    return HeldOut(path, val_images, True,
+                   f"the {len(keep)} validation images past data.val_limit ({searched}), which the search never scored")
+
+
+def evaluate_full_validation(checkpoint: Path, config: TrainConfig, out_dir: Path,
+                             split: HeldOut | None = None) -> dict[str, Any]:
+    """Predict the images of ``split`` (default: the whole validation set, no ``val_limit``) and
+    evaluate; writes detections and report."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model_from_checkpoint(checkpoint, device)
     data = config.data
-    val = KeypointDataset(data.path(data.val_ann), data.path(data.val_images), train=False)
+    ann, images = (split.ann, split.images) if split else (data.path(data.val_ann), data.path(data.val_images))
+    val = KeypointDataset(ann, images, train=False)
     loader = DataLoader(val, batch_size=config.eval_batch_size, collate_fn=collate_fn, num_workers=data.loader_workers)
     outputs, ids = predict_loader(model, loader, device, amp=config.amp,
                                   on_batch=lambda i: log.info("final evaluation: batch %d/%d", i + 1, len(loader)))
     dets = outputs_to_coco_results(outputs, ids)
     dets_path = write_json_atomic(out_dir / "detections.json", dets)
-    result = evaluate_keypoints(data.path(data.val_ann), dets, per_keypoint=True)
+    result = evaluate_keypoints(ann, dets, per_keypoint=True,
+                                foot_sigmas=None if config.foot_sigmas == "raypose" else config.foot_sigmas)
     write_eval_report(result, out_dir / "evaluation")
-    return {"stats": result.stats, "detections": str(dets_path), "num_images": len(val)}
+    # stats: the 10 COCO numbers over all the schema's points, and body_ap/foot_ap for 23 points
+    return {"stats": {**result.stats, **result.parts}, "detections": str(dets_path), "num_images": len(val)}
 
 
-def run_error_analysis(config: TrainConfig, dets_path: str, out_dir: Path, worst: int) -> dict[str, Any]:
+def run_error_analysis(config: TrainConfig, dets_path: str, out_dir: Path, worst: int,
+                       split: HeldOut | None = None) -> dict[str, Any]:
     from raypose.analysis.data import load_analysis_input
     from raypose.analysis.report import write_report
     from raypose.analysis.summary import compute_analysis
 
     data = config.data
-    analysis = compute_analysis(load_analysis_input(data.path(data.val_ann), dets_path), worst=worst)
-    files = write_report(analysis, out_dir, images_dir=data.path(data.val_images))
+    ann, images = (split.ann, split.images) if split else (data.path(data.val_ann), data.path(data.val_images))
+    analysis = compute_analysis(load_analysis_input(ann, dets_path), worst=worst)
+    files = write_report(analysis, out_dir, images_dir=images)
     return {k: str(v) for k, v in files.items()}
 
 
 def final_stage(
     best: TrialResult, baseline: TrialResult | None, config: TrainConfig, out_dir: Path,
     trials: list[TrialResult], analyze: bool = True, worst: int = 100, search: dict[str, list] | None = None,
+    checkpoint_bytes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir`` (``best/``) and return the study summary (also in ``metrics.json``).
 
@@ -66,7 +118,8 @@ def final_stage(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = fetch_file(f"{best.best_checkpoint}/{CHECKPOINT_FILE}", out_dir / CHECKPOINT_FILE)
     save_resolved_config(config, out_dir / "config.yaml")
-    evaluation = evaluate_full_validation(ckpt, config, out_dir)
+    split = held_out_split(config, out_dir)
+    evaluation = evaluate_full_validation(ckpt, config, out_dir, split)
     summary: dict[str, Any] = {
         "best_trial": best.trial_id,
         "best_config": best.params,
@@ -74,13 +127,16 @@ def final_stage(
         "search_oks_map": best.best_oks_map,
         "validation": evaluation["stats"],
         "validation_images": evaluation["num_images"],
+        "held_out": split.held_out,  # whether those images were kept out of the search's scoring
+        "validation_source": split.description,
         "baseline_trial": baseline.trial_id if baseline else None,
         "baseline_oks_map": baseline.best_oks_map if baseline else None,
         "gain_over_baseline": (best.best_oks_map - (baseline.best_oks_map or 0.0)) if baseline else None,
-        "baseline_validation": _baseline_validation(baseline, best, evaluation, config, out_dir),
+        "baseline_validation": _baseline_validation(baseline, best, evaluation, config, out_dir, split),
         "trials": len(trials),
         "trial_epochs_saved": epochs_saved(trials, config.epochs),
         "curves": {t.trial_id: [list(point) for point in t.history] for t in trials},  # [epoch, oks_map] pairs
+        "checkpoint_bytes": checkpoint_bytes,  # what each trial's Train run keeps in storage
     }
     importances = param_importances(trials, search or {})
     summary["importances"] = dict(importances.values) if importances else None
@@ -88,7 +144,7 @@ def final_stage(
         plot_importances(importances, out_dir / "importances.png")
     plot_trial_curves(trials, out_dir / "trial_curves.png", best_id=best.trial_id)
     if analyze:
-        summary["analysis"] = run_error_analysis(config, evaluation["detections"], out_dir / "analysis", worst)
+        summary["analysis"] = run_error_analysis(config, evaluation["detections"], out_dir / "analysis", worst, split)
     summary["sentence"] = study_sentence(summary)
     write_json_atomic(out_dir / "metrics.json", summary, indent=2)
     write_text_atomic(out_dir / "report.md", study_report(summary, trials, importances))
@@ -96,7 +152,8 @@ def final_stage(
 
 
 def _baseline_validation(
-    baseline: TrialResult | None, best: TrialResult, best_eval: dict[str, Any], config: TrainConfig, out_dir: Path
+    baseline: TrialResult | None, best: TrialResult, best_eval: dict[str, Any], config: TrainConfig, out_dir: Path,
+    split: HeldOut | None = None,
 ) -> dict[str, float] | None:
     """The baseline's best checkpoint on the full validation set (its own config is the
     checkpoint's: the model and data are the study's), so both recipes are compared on the same images."""
@@ -108,7 +165,7 @@ def _baseline_validation(
     folder.mkdir(exist_ok=True)
     ckpt = fetch_file(f"{baseline.best_checkpoint}/{CHECKPOINT_FILE}", folder / CHECKPOINT_FILE)
     try:
-        return evaluate_full_validation(ckpt, config, folder)["stats"]
+        return evaluate_full_validation(ckpt, config, folder, split)["stats"]
     finally:
         ckpt.unlink(missing_ok=True)  # best/ keeps one checkpoint: the best's
 
@@ -117,8 +174,10 @@ def study_sentence(summary: dict[str, Any]) -> str:
     """What the search found, compared with the default recipe, in one sentence."""
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in summary["best_config"].items())
     ap = summary["validation"]["AP"]
-    found = f"The search's best recipe (trial {summary['best_trial']}: {params or 'the base config'}) reaches " \
-            f"full-validation OKS AP {ap:.3f}"
+    parts = _parts_text(summary["validation"])
+    where = (f"OKS AP {ap:.3f}{f' ({parts})' if parts else ''} on {summary['validation_images']} held-out images"
+             if summary.get("held_out") else f"full-validation OKS AP {ap:.3f}{f' ({parts})' if parts else ''}")
+    found = f"The search's best recipe (trial {summary['best_trial']}: {params or 'the base config'}) reaches {where}"
     base = summary.get("baseline_validation")
     if summary["baseline_trial"] is None or base is None:
         return found + " (no default-recipe trial to compare with)."
@@ -127,6 +186,14 @@ def study_sentence(summary: dict[str, Any]) -> str:
     gain = ap - base["AP"]
     verdict = "above" if gain > 0 else "below"
     return found + f", {abs(gain):.3f} {verdict} torchvision's default recipe ({base['AP']:.3f}) on the same budget."
+
+
+def _parts_text(stats: dict[str, float]) -> str:
+    """``body AP 0.612, foot AP 0.431`` where the evaluation scored the parts (23 points), else ``""``."""
+    if "body_ap" not in stats:
+        return ""
+    foot = stats.get("foot_ap")
+    return f"body AP {stats['body_ap']:.3f}, foot AP {'-' if foot is None or foot < 0 else f'{foot:.3f}'}"
 
 
 def _fmt(value: Any) -> str:
@@ -142,15 +209,21 @@ def study_report(summary: dict[str, Any], trials: list[TrialResult], importances
         summary.get("sentence") or study_sentence(summary),
         "",
         f"- oks_map during the search: {summary['search_oks_map']:.4f} (epoch {summary['best_epoch']})",
-        f"- full validation AP: {summary['validation']['AP']:.4f} (AP50 {summary['validation']['AP50']:.4f}) "
-        f"on {summary['validation_images']} images",
+        f"- {'held-out' if summary.get('held_out') else 'full validation'} AP: {summary['validation']['AP']:.4f} "
+        f"(AP50 {summary['validation']['AP50']:.4f}) on {summary['validation_images']} images"
+        + (f"; {parts} (body: COCO's 17 points and sigmas, torchvision's scale)"
+           if (parts := _parts_text(summary["validation"])) else ""),
     ]
     if summary["baseline_trial"]:
         base = summary["baseline_oks_map"]
         full = summary.get("baseline_validation")
         lines.append(f"- torchvision default recipe (trial {summary['baseline_trial']}): oks_map "
                      f"{base if base is None else f'{base:.4f}'}, gain {summary['gain_over_baseline']:+.4f}"
-                     + (f"; full validation AP {full['AP']:.4f}" if full else ""))
+                     + (f"; {'held-out' if summary.get('held_out') else 'full validation'} AP {full['AP']:.4f}"
+                        if full else ""))
+    if summary.get("validation_source"):
+        lines.append(f"- chosen on the validation images the trials were scored on; reported on "
+                     f"{summary['validation_source']}")
     lines += [f"- trial-epochs saved by early stopping: {summary['trial_epochs_saved']:.0%}", "",
               "![oks_map per epoch of every trial](trial_curves.png)", "",
               "| trial | kind | epochs | best oks_map | error | params |", "|---|---|---|---|---|---|"]
@@ -159,5 +232,11 @@ def study_report(summary: dict[str, Any], trials: list[TrialResult], importances
         error = (t.error or "")[:60].replace("|", "/").replace("\n", " ")
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
         lines.append(f"| {t.trial_id} | {t.kind} | {t.epochs} | {score} | {error} | {params} |")
+    kept = summary.get("checkpoint_bytes")
+    if kept:
+        lines += ["", "## Checkpoints kept in storage", "",
+                  f"{sum(kept.values()) / 1e6:.1f} MB in all (best/ holds one more copy of the best):", "",
+                  "| trial | MB |", "|---|---|",
+                  *(f"| {trial} | {size / 1e6:.1f} |" for trial, size in sorted(kept.items(), key=lambda kv: -kv[1]))]
     lines += ["", *importance_lines(importances)]
     return "\n".join(lines).rstrip() + "\n"

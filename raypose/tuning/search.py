@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raypose.errors import ConfigError, Interrupted
 from raypose.experiment_log import end_trial_run, find_or_create_child_run
-from raypose.storage import is_uri, join
+from raypose.storage import delete_folder, is_uri, join, list_folders
 from raypose.training.ray_train import build_trainer, checkpoint_dir_name, connected_to_cluster, run_trial
 from raypose.training.run import OKS_CURVE
 from raypose.tuning.space import (
@@ -101,6 +101,8 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
     kind = config.get(TRIAL_KIND_KEY, "search")
     cfg = space.trial_config(config, name=train_run_name(space, trial_id))
     updates: dict[str, Any] = {"storage_path": space.train_storage}
+    if space.tune.keep_checkpoints == "best":
+        updates["keep_checkpoints"] = 1  # the best evaluated one, and (Train always does) the latest
     if cfg.mlflow.enabled and parent_run_id:
         run_id = find_or_create_child_run(
             cfg.mlflow.experiment, parent_run_id, trial_id, f"{kind if kind == 'baseline' else 'trial'}-{trial_id}",
@@ -144,6 +146,76 @@ class TrialRunCloser(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trial, "errored", str(getattr(trial, "error_msg", "") or "") or None)
+
+
+class CheckpointPruner(Callback):
+    """``tune.keep_checkpoints: best``: delete, as trials end, the checkpoints that can no longer
+    serve the final stage.
+
+    While a trial runs, Train keeps its best evaluated checkpoint and its latest (resume). When
+    it ends (completed, stopped early, or failed for good) only its best can still serve, and
+    only while no ended trial beats it (in :func:`~raypose.tuning.trials.pick_best`'s order):
+    the leader keeps its best checkpoint, a trial it beats keeps none. The baseline always keeps
+    its best (the final stage evaluates it too). A trial that errored keeps everything, for
+    ``--resume``; a trial whose curve this callback never saw (ended right after a resume) is
+    left alone, and the study's end (:func:`raypose.tuning.study._retain_checkpoints`) removes
+    whatever is left over.
+    """
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self.curves: dict[str, list[tuple[int, float]]] = {}  # the last curve each trial reported
+        self.leader: tuple[float, bool, str] | None = None  # (score, is baseline, trial id) of the best ended trial
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        text = result.get(OKS_CURVE)
+        if isinstance(text, str) and text:
+            self.curves[trial.trial_id] = [(int(e), float(v)) for e, v in json.loads(text)]
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.on_trial_result(iteration, trials, trial, trial.last_result or {})
+        curve = self.curves.get(trial.trial_id)
+        if not curve:
+            return
+        best_epoch, score = max(curve, key=lambda p: (p[1], p[0]))  # ties: the later epoch, as the search
+        baseline = (trial.config or {}).get(TRIAL_KIND_KEY) == "baseline"
+        entry = (score, baseline, trial.trial_id)
+        keep = {checkpoint_dir_name(best_epoch)}
+        beaten = None
+        if self.leader is None or ranks_above(entry, self.leader):
+            beaten, self.leader = self.leader, entry
+        elif not baseline:
+            keep = set()
+        self._prune(trial.trial_id, keep)
+        if beaten is not None and not beaten[1]:
+            self._prune(beaten[2], set())
+
+    def _prune(self, trial_id: str, keep: set[str]) -> None:
+        try:
+            freed = keep_only_checkpoints(join(self.space.train_storage, train_run_name(self.space, trial_id)), keep)
+        except Exception:  # bookkeeping must never break the search
+            log.exception("could not prune the checkpoints of trial %s", trial_id)
+            return
+        if freed:
+            log.info("trial %s: kept checkpoint %s, deleted %d other(s)", trial_id, sorted(keep) or "none", freed)
+
+
+def ranks_above(a: tuple[float, bool, str], b: tuple[float, bool, str]) -> bool:
+    """Whether trial ``a`` = (score, is baseline, trial id) ranks above ``b`` as pick_best ranks
+    them: the higher score, then the baseline, then the lower trial id."""
+    return (a[0], a[1], _reversed_id(a[2])) > (b[0], b[1], _reversed_id(b[2]))
+
+
+def _reversed_id(trial_id: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in trial_id) + (0,)
+
+
+def keep_only_checkpoints(run_folder: str, keep: set[str]) -> int:
+    """Delete the checkpoint folders (``epoch_*``) of a Train run that are not in ``keep``; returns how many."""
+    stale = [name for name in list_folders(run_folder) if name.startswith("epoch_") and name not in keep]
+    for name in stale:
+        delete_folder(join(run_folder, name))
+    return len(stale)
 
 
 class ConfigKeyOptunaSearch(OptunaSearch):
@@ -223,7 +295,8 @@ def run_search(space: SearchSpace, parent_run_id: str | None, resume: bool = Fal
                 name=space.name,
                 storage_path=space.tune.storage_path,
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
-                callbacks=[TrialRunCloser(space, parent_run_id)] if parent_run_id else [],
+                callbacks=[*([TrialRunCloser(space, parent_run_id)] if parent_run_id else []),
+                           *([CheckpointPruner(space)] if space.tune.keep_checkpoints == "best" else [])],
             ),
         )
     results = tuner.fit()

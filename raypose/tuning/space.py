@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -137,6 +137,11 @@ class TuneSettings(BaseModel):
     require_shared_storage: bool | None = Field(
         default=None, description="fail unless storage_path is shared; default: yes on a cluster raypose "
         "connects to ($RAY_ADDRESS, every Ray job) or one with >1 node; false declares an NFS path"
+    )
+    keep_checkpoints: Literal["best", "all"] = Field(
+        default="best", description="best: each trial keeps its best evaluated checkpoint and its latest while it "
+        "runs, then only its best; after the final stage only the best trial's and the baseline's. all: keep every "
+        "checkpoint Train keeps (base keep_checkpoints)",
     )
     worst: int = Field(default=100, ge=1, description="worst images rendered by the final error analysis")
     final_analysis: bool = True

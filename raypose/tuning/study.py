@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from raypose.data.prepare import ensure_data
-from raypose.storage import join, read_text, upload_folder, write_text
+from raypose.storage import folder_bytes, join, read_text, upload_folder, write_text
 from raypose.training.ray_train import final_stage_wants_gpu, fit_to_cluster, init_ray, run_with_a_gpu
 from raypose.tuning.final import final_stage
 from raypose.tuning.search import check_shared_storage, run_search
@@ -71,9 +71,10 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
     try:
         trials = run_search(space, parent.run_id if parent else None, resume)
         best, baseline = pick_best(trials)
+        checkpoint_bytes = _retain_checkpoints(space, trials, best, baseline)
         best_dir = join(space.study_dir, "best")
         parent_ref = (space.base.mlflow.experiment, parent.uri, parent.run_id) if parent is not None else None
-        args = (space, best, baseline, trials, best_dir, parent_ref)
+        args = (space, best, baseline, trials, best_dir, parent_ref, checkpoint_bytes)
         if final_stage_wants_gpu(space.base):
             # evaluating the full validation set twice is hours on a head node's CPUs
             summary, where = run_with_a_gpu(final_stage_into, *args)
@@ -92,8 +93,28 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
                        notes=(note,) if note else ())
 
 
+def _retain_checkpoints(space: SearchSpace, trials: list[TrialResult], best: TrialResult,
+                        baseline: TrialResult | None) -> dict[str, int]:
+    """After the search, with ``tune.keep_checkpoints: best``: only the best trial's and the
+    baseline's best checkpoints serve the final stage (and a resumed study's); every other
+    trial's are deleted. Returns the checkpoint bytes each trial keeps."""
+    from raypose.tuning.search import keep_only_checkpoints, train_run_name
+
+    kept: dict[str, int] = {}
+    for trial in trials:
+        folder = join(space.train_storage, train_run_name(space, trial.trial_id))
+        if space.tune.keep_checkpoints == "best":
+            serves = trial.trial_id in {best.trial_id, baseline.trial_id if baseline else None}
+            keep = {trial.best_checkpoint.rstrip("/").rsplit("/", 1)[-1]} if serves and trial.best_checkpoint else set()
+            keep_only_checkpoints(folder, keep)
+        kept[trial.trial_id] = folder_bytes(folder)
+    log.info("checkpoints kept: %.1f MB over %d trials", sum(kept.values()) / 1e6, len(kept))
+    return kept
+
+
 def final_stage_into(space: SearchSpace, best: TrialResult, baseline: TrialResult | None, trials: list[TrialResult],
-                     best_dir: str, parent_ref: tuple[str, str, str] | None) -> tuple[dict[str, Any], str]:
+                     best_dir: str, parent_ref: tuple[str, str, str] | None,
+                     checkpoint_bytes: dict[str, int] | None = None) -> tuple[dict[str, Any], str]:
     """The final stage, wherever it runs (here, or a Ray task on a GPU node): ``best/`` computed
     in a local folder, logged on the parent run (``(experiment, uri, run_id)``), then uploaded
     beside Tune's state (local, NFS or S3). Returns the summary and where it ran."""
@@ -103,6 +124,7 @@ def final_stage_into(space: SearchSpace, best: TrialResult, baseline: TrialResul
         summary = final_stage(
             best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), Path(tmp), trials,
             analyze=space.tune.final_analysis, worst=space.tune.worst, search=space.search,
+            checkpoint_bytes=checkpoint_bytes,
         )
         if parent_ref is not None:
             from raypose.experiment_log import MlflowRun

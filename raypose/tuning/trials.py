@@ -39,6 +39,10 @@ class TrialResult:
 def pick_best(trials: list[TrialResult]) -> tuple[TrialResult, TrialResult | None]:
     """The trial with the highest oks_map at any evaluated epoch, and the baseline trial (if any).
 
+    Ties go to the baseline (a search that only matches the default recipe has found nothing),
+    then to the lowest trial id: the same trials always give the same best, so a resumed study
+    evaluates the checkpoint the first one kept.
+
     Raises:
         RayposeError: no trial reported an oks_map (all errored before their first evaluation).
     """
@@ -46,7 +50,8 @@ def pick_best(trials: list[TrialResult]) -> tuple[TrialResult, TrialResult | Non
     if not scored:
         errors = "; ".join(f"{t.trial_id}: {t.error}" for t in trials if t.error)[:2000]
         raise RayposeError(f"no trial produced an evaluated checkpoint. Trial errors: {errors or 'none'}")
-    best = max(scored, key=lambda t: t.best_oks_map)
+    top = max(t.best_oks_map for t in scored)
+    best = min((t for t in scored if t.best_oks_map == top), key=lambda t: (t.kind != "baseline", t.trial_id))
     baseline = next((t for t in trials if t.kind == "baseline"), None)
     return best, baseline
 

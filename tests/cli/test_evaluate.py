@@ -34,15 +34,18 @@ def test_json_output_equals_pycocotools(files, capsys, slow):
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     stats = json.loads(out)
-    assert list(stats) == list(STAT_NAMES)
+    assert list(stats) == [*STAT_NAMES, "body_ap", "foot_ap"]  # 23 keypoints: the parts too
+    parts = {k: stats.pop(k) for k in ("body_ap", "foot_ap")}
     assert stats == _reference(gt, dets, COCO23.sigmas)
+    assert all(0.0 <= v <= 1.0 for v in parts.values())
 
 
 def test_custom_sigmas(files, capsys):
     gt, dets, gt_path, dets_path = files
     sigmas = [0.04] * 23
     assert main(["eval", str(gt_path), str(dets_path), "--json", "--sigmas", ",".join(map(str, sigmas))]) == 0
-    assert json.loads(capsys.readouterr().out) == _reference(gt, dets, sigmas)
+    stats = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in stats.items() if k in STAT_NAMES} == _reference(gt, dets, sigmas)
 
 
 def test_table_and_report(files, capsys, tmp_path):
@@ -51,6 +54,7 @@ def test_table_and_report(files, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "Average Precision  (AP) @[ OKS=0.50:0.95 | area=   all | maxDets= 20 ]" in out
     assert "right_heel" in out and "mean_ks" in out
+    assert " body_ap = " in out and " foot_ap = " in out
     assert (tmp_path / "rep" / "pr_curves.png").is_file()
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert set(metrics["per_keypoint"]) == set(COCO23.names)

@@ -18,9 +18,9 @@ def _sample():
     image = torch.zeros(3, H, W)
     kps = torch.zeros(2, 23, 3)
     left_wrist, right_wrist = COCO23.index("left_wrist"), COCO23.index("right_wrist")
-    kps[0, left_wrist] = torch.tensor([5.5, 10.5, 2])  # centre of pixel (col 5, row 10)
-    kps[0, right_wrist] = torch.tensor([20.5, 12.5, 1])
-    kps[1, left_wrist] = torch.tensor([30.5, 20.5, 2])
+    kps[0, left_wrist] = torch.tensor([5.0, 10.0, 2])  # on pixel (col 5, row 10): COCO points are pixel indices
+    kps[0, right_wrist] = torch.tensor([20.0, 12.0, 1])
+    kps[1, left_wrist] = torch.tensor([30.0, 20.0, 2])
     image[:, 10, 5] = 1.0
     target = {
         "boxes": torch.tensor([[2.0, 4.0, 24.0, 20.0], [28.0, 15.0, 36.0, 28.0]]),
@@ -37,17 +37,32 @@ def test_flip_mirrors_pixels_points_and_boxes_and_swaps_sides():
     image, target = _sample()
     flipped, out = RandomHorizontalFlip(COCO23, p=1.0)(image, target)
     lw, rw = COCO23.index("left_wrist"), COCO23.index("right_wrist")
-    # The old left wrist is now labelled right wrist, at W - x, still on the bright pixel.
-    assert out["keypoints"][0, rw].tolist() == [W - 5.5, 10.5, 2]
-    assert out["keypoints"][0, lw].tolist() == [W - 20.5, 12.5, 1]
-    x, y = out["keypoints"][0, rw, :2].floor().long().tolist()
-    assert flipped[0, y, x] == 1.0
+    # The old left wrist is now labelled right wrist, at W - 1 - x, still on the bright pixel.
+    assert out["keypoints"][0, rw].tolist() == [W - 1 - 5, 10, 2]
+    assert out["keypoints"][0, lw].tolist() == [W - 1 - 20, 12, 1]
+    assert flipped[0, 10, W - 1 - 5] == 1.0
     assert out["boxes"][0].tolist() == [W - 24.0, 4.0, W - 2.0, 20.0]
     unlabelled = out["keypoints"][..., 2] == 0
     assert (out["keypoints"][..., :2][unlabelled] == 0).all()
     again, back = RandomHorizontalFlip(COCO23, p=1.0)(flipped, out)
     assert torch.equal(again, image) and torch.allclose(back["keypoints"], target["keypoints"])
     assert torch.equal(target["boxes"], _sample()[1]["boxes"])  # input not modified
+
+
+def test_a_keypoint_on_a_pixel_stays_on_that_pixel_when_flipped():
+    """COCO keypoints are pixel indices: a point at column x of a W-wide image lands on column
+    W - 1 - x, where its pixel goes. W - x would be one pixel off, on every flipped image."""
+    image, target = _sample()
+    image.zero_()
+    lw, rw = COCO23.index("left_wrist"), COCO23.index("right_wrist")
+    for x in (0, 5, W - 1):
+        target["keypoints"][0, lw] = torch.tensor([float(x), 10.0, 2])
+        image[:, 10, x] = 1.0
+        flipped, out = RandomHorizontalFlip(COCO23, p=1.0)(image, target)
+        fx, fy = out["keypoints"][0, rw, :2].tolist()
+        assert fx == W - 1 - x and fy == 10 and fx.is_integer()
+        assert flipped[0, 10, int(fx)] == 1.0  # on the mirrored pixel, not its neighbour
+        image[:, 10, x] = 0.0
 
 
 def test_flip_probability_zero_is_identity():

@@ -192,3 +192,44 @@ def test_report_files(tmp_path):
         "metrics.json", "per_keypoint_ap.png", "pr_curves.png",
     ]  # fmt: skip
     assert plot_pr_curves(result, tmp_path / "pr.png").stat().st_size > 1000
+
+
+def _part_files(gt: dict, dets: list[dict], keep: slice, names: list[str]) -> tuple[dict, list[dict]]:
+    """The files a user would write for the keypoints ``keep`` only: num_keypoints recounted."""
+    def cut(flat: list) -> list:
+        return [v for i in range(len(flat) // 3)[keep] for v in flat[3 * i: 3 * i + 3]]
+
+    part_gt = copy.deepcopy(gt)
+    for ann in part_gt["annotations"]:
+        ann["keypoints"] = cut(ann["keypoints"])
+        ann["num_keypoints"] = sum(1 for v in ann["keypoints"][2::3] if v > 0)
+    part_gt["categories"][0]["keypoints"] = names
+    part_gt["categories"][0].pop("skeleton", None)
+    return part_gt, [{**d, "keypoints": cut(d["keypoints"])} for d in copy.deepcopy(dets)]
+
+
+@pytest.mark.parametrize("with_boxes", [True, False])
+def test_body_and_foot_ap_are_pycocotools_ap_on_files_of_those_points(with_boxes):
+    """body_ap: COCO's 17 points with COCO's sigmas, exactly what pycocotools gives for a
+    17-point file (the number torchvision's 65.0 is); foot_ap: the 6 foot points, on the people
+    who label any, with raypose's or COCO-WholeBody's sigmas."""
+    from raypose.evaluation.cocoeval import FOOT_SIGMAS
+
+    gt, dets = synthetic_keypoint_case(num_images=40, num_keypoints=23, seed=5)
+    for n, ann in enumerate(gt["annotations"]):
+        if n % 3 == 0:  # no foot labels, as most of COCO outside the CMU foot subset
+            ann["keypoints"][51:] = [0] * 18
+            ann["num_keypoints"] = sum(1 for v in ann["keypoints"][2::3] if v > 0)
+    if not with_boxes:  # areas then come from the keypoints' extent, which the cut changes
+        dets = [{k: v for k, v in d.items() if k != "bbox"} for d in dets]
+    result = evaluate_keypoints(gt, dets)
+    body_gt, body_dets = _part_files(gt, dets, slice(0, 17), list(COCO17.names))
+    assert result.parts["body_ap"] == _pycocotools_stats(body_gt, body_dets, COCO17.sigmas)[0]
+    foot_gt, foot_dets = _part_files(gt, dets, slice(17, 23), list(COCO23.names[17:]))
+    assert result.parts["foot_ap"] == _pycocotools_stats(foot_gt, foot_dets, COCO23.sigmas[17:])[0]
+    wholebody = evaluate_keypoints(gt, dets, foot_sigmas="wholebody", per_keypoint=False)
+    assert wholebody.parts["foot_ap"] == _pycocotools_stats(foot_gt, foot_dets, FOOT_SIGMAS["wholebody"])[0]
+    assert wholebody.parts["body_ap"] == result.parts["body_ap"] and wholebody.stats == result.stats
+    assert len({result.stats["AP"], result.parts["body_ap"], result.parts["foot_ap"]}) == 3  # three numbers
+    assert result.to_dict()["body_ap"] == result.parts["body_ap"]
+    assert evaluate_keypoints(*synthetic_keypoint_case(num_images=5, seed=1)).parts == {}  # 17 points: AP is body AP

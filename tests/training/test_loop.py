@@ -222,3 +222,33 @@ def test_channels_last_backbone_trains():
     loader = [([torch.rand(3, 96, 128, generator=g)], [target])]
     metrics = train_one_epoch(model, opt, sched, loader, torch.device("cpu"), log_every=0)
     assert metrics["optimizer_steps"] == 1 and metrics["loss_keypoint"] > 0
+
+
+class NormedDetector(ToyDetector):
+    """The toy with a batch-norm layer in front, as a ``norm: batch`` backbone has; it returns
+    losses only in train mode, as torchvision's detectors do."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+
+    def forward(self, images, targets):
+        assert self.training, "losses need train mode"
+        return super().forward(list(self.norm(torch.stack(images))), targets)
+
+
+def test_validation_loss_leaves_batch_norm_statistics_alone():
+    from raypose.training.loop import validation_loss
+
+    model = NormedDetector()
+    model.eval()
+    before = {k: v.clone() for k, v in model.norm.state_dict().items()}
+    shifted = [([image + 5.0 for image in images], targets) for images, targets in data(4, 2)]  # far from 0 mean
+    losses = validation_loss(model, shifted, torch.device("cpu"))
+    assert {"loss_a", "loss_b", "loss"} <= set(losses) and losses["loss"] > 0
+    after = model.norm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # train mode alone would move them toward 5
+    assert not model.training and not model.norm.training  # put back as it was
+    model.train()
+    validation_loss(model, shifted, torch.device("cpu"))
+    assert model.training and model.norm.training and torch.equal(model.norm.running_mean, before["running_mean"])

@@ -11,7 +11,13 @@ pytestmark = pytest.mark.ray
 
 
 def test_two_gloo_workers_run_ddp_and_resume(ray_local, tiny_train_config, tmp_path):
+    """Checkpoints uploaded in the background (the default), then, on the resumed run, waited for."""
+    import glob
+    import tempfile
+
     from mlflow.tracking import MlflowClient
+
+    leftovers = set(glob.glob(f"{tempfile.gettempdir()}/raypose-ckpt-*"))
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = {
@@ -34,9 +40,12 @@ def test_two_gloo_workers_run_ddp_and_resume(ray_local, tiny_train_config, tmp_p
     assert result.checkpoint is not None
 
     # same name, more epochs: Ray Train finds the checkpoint in storage and resumes at epoch 2
-    again = fit(validate_train_config({**raw, "epochs": 2}))
+    again = fit(validate_train_config({**raw, "epochs": 2, "checkpoint_upload": "sync"}))
     assert again.error is None
     assert again.metrics["epoch"] == 2
+    assert again.checkpoint.path.endswith("epoch_0002")
+    # each upload deleted its local folder, in the background or not
+    assert set(glob.glob(f"{tempfile.gettempdir()}/raypose-ckpt-*")) <= leftovers
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("ddp-test")
@@ -45,6 +54,14 @@ def test_two_gloo_workers_run_ddp_and_resume(ray_local, tiny_train_config, tmp_p
     history = client.get_metric_history(runs[0].info.run_id, "oks_map")
     assert sorted(m.step for m in history) == [1, 2]  # epoch 1 was not trained (or logged) twice
     assert runs[0].data.params["workers"] == "2"
+    # what checkpoints cost: epoch 1's upload ran in the background (MLflow logs its size only if
+    # it finished before the epoch was logged); epoch 2's was waited for, so the epoch holds it
+    run_id = runs[0].info.run_id
+    stored = {m.step: m.value for m in client.get_metric_history(run_id, "checkpoint_mb")}
+    assert set(stored) in ({2}, {1, 2}) and stored[2] > 1.0
+    waits = {m.step: m.value for m in client.get_metric_history(run_id, "checkpoint_wait_s")}
+    uploads = {m.step: m.value for m in client.get_metric_history(run_id, "checkpoint_upload_s")}
+    assert set(waits) == {1, 2} and 0 < uploads[2] <= waits[2]
     assert {"train_loss", "loss_keypoint", "loss_box_reg", "loss_classifier", "loss_objectness",
             "loss_rpn_box_reg", "lr", "oks_ap50", "oks_ap75", "oks_ar"} <= set(runs[0].data.metrics)
 

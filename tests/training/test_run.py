@@ -214,21 +214,22 @@ def test_a_changed_lr_takes_effect_on_resume(tiny_train_config, tmp_path):
 
 
 def test_an_interrupted_checkpoint_save_never_blocks_a_resume(tiny_train_config, tmp_path, monkeypatch):
-    """Ctrl-C while epoch 2's checkpoint is copied: the .tmp folder is not a checkpoint, metrics.jsonl
-    has no line for the epoch, and the rerun resumes after epoch 1 and cleans up."""
+    """Ctrl-C while epoch 2's checkpoint is moved into place (a copy when the temporary folder is
+    on another disk): the .tmp folder is not a checkpoint, metrics.jsonl has no line for the
+    epoch, and the rerun resumes after epoch 1 and cleans up."""
     import shutil as shutil_module
 
     cfg = validate_train_config({**tiny_train_config, "epochs": 2, "schedule": {"name": "constant"}})
-    real_copytree = shutil_module.copytree
+    real_move = shutil_module.move
 
-    def copy_then_interrupt(src, dst, *args, **kwargs):
-        real_copytree(src, dst, *args, **kwargs)
+    def move_then_interrupt(src, dst, *args, **kwargs):
+        real_move(src, dst, *args, **kwargs)
         if "epoch_0002" in str(dst):
             target = next(Path(dst).iterdir())
             target.write_bytes(target.read_bytes()[:1000])  # half-written, as a killed copy leaves it
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("raypose.training.sessions.shutil.copytree", copy_then_interrupt)
+    monkeypatch.setattr("raypose.training.sessions.shutil.move", move_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, LocalSession(cfg.run_dir))
     monkeypatch.undo()
@@ -241,6 +242,32 @@ def test_an_interrupted_checkpoint_save_never_blocks_a_resume(tiny_train_config,
     assert not (run_dir / "checkpoints" / "epoch_0002.tmp").exists()
     assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert load_checkpoint(run_dir / "checkpoints" / "epoch_0002" / "checkpoint.pth")["epoch"] == 2
+
+
+def test_checkpoints_leave_no_temporary_folder_and_their_cost_is_logged(tiny_train_config, tmp_path, monkeypatch):
+    """Each checkpoint is written to a temporary folder the session takes: moved into the run
+    (LocalSession) or deleted after its upload (Ray). MLflow gets what it cost per epoch."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = validate_train_config({**tiny_train_config, "epochs": 2, "schedule": {"name": "constant"},
+                                 "mlflow": {"enabled": True, "tracking_uri": uri, "experiment": "costs"}})
+    session = LocalSession(cfg.run_dir)
+    run_training(cfg, session)
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("raypose-ckpt-")] == []
+    run_dir = tmp_path / "runs" / "tiny" / "checkpoints"
+    assert [s.name for s in session.stored] == ["epoch_0001", "epoch_0002"]
+    assert session.stored[-1].bytes == sum(f.stat().st_size for f in (run_dir / "epoch_0002").rglob("*"))
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("costs").experiment_id])[0]
+    sizes = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "checkpoint_mb"), key=lambda m: m.step)]
+    assert sizes == pytest.approx([s.bytes / 1e6 for s in session.stored])
+    assert run.data.metrics["checkpoint_wait_s"] >= run.data.metrics["checkpoint_upload_s"] > 0
 
 
 def test_metrics_of_epochs_past_the_last_checkpoint_are_dropped(tmp_path):

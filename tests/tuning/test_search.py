@@ -157,6 +157,16 @@ def test_interrupted_search_resumes_and_logs_trials_once(ray_local, tiny_train_c
         assert not (best / "baseline" / "checkpoint.pth").exists()  # best/ keeps one checkpoint
     else:
         assert summary["baseline_validation"] == summary["validation"]
+    # tune.keep_checkpoints: best: the best trial and the baseline keep their best checkpoint, others none
+    kept = {run.name.rsplit("-", 1)[1]: sorted(p.name for p in run.glob("epoch_*"))
+            for run in (tmp_path / "runs" / "mini_train").iterdir() if run.is_dir()}
+    serving = {summary["best_trial"], summary["baseline_trial"]}
+    assert {t: ckpts for t, ckpts in kept.items() if ckpts} == {
+        t: [f"epoch_{(summary['best_epoch'] if t == summary['best_trial'] else max(summary['curves'][t], key=lambda p: (p[1], p[0]))[0]):04d}"]
+        for t in serving}
+    assert set(summary["checkpoint_bytes"]) == set(kept)
+    assert all((size > 1_000_000) == (t in serving) for t, size in summary["checkpoint_bytes"].items())
+    assert "## Checkpoints kept in storage" in report
     parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"trial_curves.png", "best"} <= parent_artifacts
     assert parents[0].data.tags["mlflow.note.content"] == summary["sentence"]

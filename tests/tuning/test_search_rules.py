@@ -11,7 +11,7 @@ import pytest
 from raypose.errors import InputError, TrainingError
 from raypose.training.config import validate_train_config
 from raypose.training.ray_train import build_trainer, deterministic_failure
-from raypose.tuning.search import BaselineKeepingASHA, ConfigKeyOptunaSearch
+from raypose.tuning.search import BaselineKeepingASHA, CheckpointPruner, ConfigKeyOptunaSearch
 from raypose.tuning.space import SpaceSampler
 
 
@@ -132,3 +132,40 @@ def test_a_resumed_trial_keeps_the_curve_and_best_checkpoint_from_before_the_int
     # without a curve (results from before this change): the results Tune has
     legacy = _trial_result(SimpleNamespace(**{**vars(result), "metrics_dataframe": df.drop(columns=[OKS_CURVE])}), space)
     assert (legacy.best_epoch, legacy.best_checkpoint, legacy.history) == (4, None, ())
+
+
+def ended(trial_id: str, kind: str, curve: list[list[float]], failed: bool = False) -> SimpleNamespace:
+    """A trial as Tune passes it to a callback when it ends (``failed``: its last report is the failure's)."""
+    import json
+
+    last = {"oks_map": 0.0, "failure": "OutOfMemory: ..."} if failed else {"oks_map_curve": json.dumps(curve)}
+    return SimpleNamespace(trial_id=trial_id, config={"trial_kind": kind}, last_result=last)
+
+
+def test_ended_trials_keep_only_checkpoints_that_can_still_serve(tmp_path):
+    """tune.keep_checkpoints: best. An ended trial keeps its best checkpoint only while no ended
+    trial ranks above it (pick_best's order: score, then the baseline, then the lower id); the
+    baseline always keeps its best; the latest and mid-epoch checkpoints go at once."""
+    space = SimpleNamespace(name="s", train_storage=str(tmp_path))
+    for trial_id in ("base", "t1", "t2", "t3", "t4"):
+        for name in ("epoch_0001", "epoch_0002", "epoch_0002_step_000004", "epoch_0003"):
+            (tmp_path / f"s-{trial_id}" / name).mkdir(parents=True)
+    left = lambda trial_id: sorted(p.name for p in (tmp_path / f"s-{trial_id}").iterdir())  # noqa: E731
+    pruner = CheckpointPruner(space)
+    pruner.on_trial_complete(0, [], ended("t1", "search", [[1, 0.2], [2, 0.3], [3, 0.3]]))
+    assert left("t1") == ["epoch_0003"]  # the leader so far; ties go to the later epoch
+    pruner.on_trial_complete(0, [], ended("base", "baseline", [[1, 0.1], [2, 0.25], [3, 0.2]]))
+    assert left("base") == ["epoch_0002"]  # beaten, but the final stage evaluates the baseline too
+    pruner.on_trial_complete(0, [], ended("t2", "search", [[1, 0.1]]))  # stopped early by ASHA, beaten
+    assert left("t2") == []
+    pruner.on_trial_complete(0, [], ended("t3", "search", [[1, 0.3], [2, 0.5]]))
+    assert left("t3") == ["epoch_0002"] and left("t1") == []  # the new leader; the old one can no longer serve
+    # a failure report carries no curve: the curve it reported before counts
+    pruner.on_trial_result(0, [], ended("t4", "search", []), {"oks_map_curve": "[[1, 0.5]]"})
+    pruner.on_trial_complete(0, [], ended("t4", "search", [], failed=True))
+    assert left("t4") == [] and left("t3") == ["epoch_0002"]  # a tie goes to the lower id, t3
+    assert left("base") == ["epoch_0002"]
+    # a trial whose curve it never saw (it ended right after a resume) is left alone
+    (tmp_path / "s-t5" / "epoch_0001").mkdir(parents=True)
+    pruner.on_trial_complete(0, [], ended("t5", "search", [], failed=True))
+    assert left("t5") == ["epoch_0001"]

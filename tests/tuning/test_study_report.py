@@ -11,7 +11,7 @@ from raypose.tuning.final import study_report, study_sentence
 from raypose.tuning.importance import key_distribution, param_importances
 from raypose.tuning.plots import plot_importances, plot_trial_curves
 from raypose.tuning.space import Distribution
-from raypose.tuning.trials import TrialResult
+from raypose.tuning.trials import TrialResult, pick_best
 
 SEARCH = {
     "optim.name": [Distribution(choice=["sgd", "adamw"])],
@@ -120,3 +120,45 @@ def test_report_shows_sentence_curves_and_importances():
     assert "Note: only 6 search trials" in report
     assert "full validation AP 0.2100" in report
     assert "too few to rate" in study_report(summary(0.45, 0.21), trials[:2], None)
+
+
+def test_report_lists_the_checkpoint_bytes_each_trial_keeps():
+    trials = trials_where_freezing_decides(2)
+    kept = {"t0": 471_000_000, "t1": 1_418, "base": 0}
+    report = study_report({**summary(0.45, 0.21), "checkpoint_bytes": kept}, trials, None)
+    section = report.split("## Checkpoints kept in storage", 1)[1]
+    assert "471.0 MB in all" in section
+    assert section.index("| t0 | 471.0 |") < section.index("| t1 | 0.0 |") < section.index("| base | 0.0 |")
+    assert "Checkpoints kept" not in study_report(summary(0.45, 0.21), trials, None)  # not measured: no section
+
+
+def test_ties_go_to_the_baseline_then_the_lowest_trial_id_whatever_the_order():
+    """All-zero OKS (a tiny model's first epochs) ties every trial: a resumed study must pick
+    the same best as the first run did, whose checkpoints are the only ones left."""
+    tied = [TrialResult(i, kind, {}, best_oks_map=0.0, best_checkpoint="/x")
+            for i, kind in (("b2", "search"), ("a9", "search"), ("c1", "baseline"))]
+    for order in (tied, tied[::-1], tied[1:] + tied[:1]):
+        best, baseline = pick_best(order)
+        assert best.trial_id == "c1" and baseline.trial_id == "c1"
+    searched = [t for t in tied if t.kind == "search"]
+    assert pick_best(searched)[0].trial_id == "a9" and pick_best(searched[::-1])[0].trial_id == "a9"
+    better = TrialResult("z0", "search", {}, best_oks_map=0.1, best_checkpoint="/x")
+    assert pick_best([*tied, better])[0].trial_id == "z0"
+
+
+def test_sentence_and_report_give_body_and_foot_ap_next_to_the_23_point_ap():
+    scored = {**summary(0.45, 0.21), "validation": {"AP": 0.45, "AP50": 0.9, "body_ap": 0.52, "foot_ap": 0.31}}
+    assert "OKS AP 0.450 (body AP 0.520, foot AP 0.310), 0.240 above" in study_sentence(scored)
+    report = study_report(scored, trials_where_freezing_decides(2), None)
+    assert "on 60 images; body AP 0.520, foot AP 0.310 (body: COCO's 17 points and sigmas" in report
+    no_feet = {**scored, "validation": {**scored["validation"], "foot_ap": -1.0}}
+    assert "foot AP -)" in study_sentence(no_feet)
+
+
+def test_a_held_out_report_says_which_images_scored_what():
+    held = {**summary(0.45, 0.21), "held_out": True, "validation_images": 30,
+            "validation_source": "the 30 validation images past data.val_limit (30), which the search never scored"}
+    assert "reaches OKS AP 0.450 on 30 held-out images, 0.240 above" in study_sentence(held)
+    report = study_report(held, trials_where_freezing_decides(2), None)
+    assert "- held-out AP: 0.4500 (AP50 0.9000) on 30 images" in report and "held-out AP 0.2100" in report
+    assert "reported on the 30 validation images past data.val_limit (30)" in report
