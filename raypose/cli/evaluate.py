@@ -112,7 +112,7 @@ def run_eval(args: argparse.Namespace) -> int:
         sigmas=args.sigmas,
         per_keypoint=not args.json or args.out is not None,
         fast=not args.slow,
-        foot_sigmas=None if args.foot_sigmas == "raypose" else args.foot_sigmas,
+        foot_sigmas=args.foot_sigmas,
     )
     if args.out is not None:
         paths = write_eval_report(result, args.out)

@@ -208,8 +208,8 @@ def evaluate_keypoints(
             full evaluation at OKS 0.5 whose person labels k (NaN if none); ``num_labelled`` counts
             non-crowd people labelling k. Computed with the vectorised engine in both modes.
         fast: use the vectorised evaluator (bit-identical); False runs plain pycocotools.
-        foot_sigmas: ``"wholebody"`` scores ``foot_ap`` with COCO-WholeBody's foot sigmas; None
-            with ``sigmas``' foot entries. With 23-point ground truth the result's ``parts`` hold
+        foot_sigmas: ``"wholebody"`` scores ``foot_ap`` with COCO-WholeBody's foot sigmas;
+            ``"raypose"`` or None with ``sigmas``' foot entries. With 23-point ground truth the result's ``parts`` hold
             ``body_ap`` (the 17 body points alone, COCO's sigmas) and ``foot_ap``.
 
     Raises:
@@ -258,9 +258,9 @@ def part_aps(truth: GroundTruth, found: Detections, sigmas: np.ndarray, image_id
     6 foot points (people who label none are ignored; -1 when nobody labels any)."""
     if truth.num_keypoints != 23:
         return {}
-    if foot_sigmas is not None and foot_sigmas not in FOOT_SIGMAS:
-        raise ValueError(f"foot_sigmas {foot_sigmas!r}: use one of {', '.join(FOOT_SIGMAS)} or None")
-    foot = FOOT_SIGMAS[foot_sigmas] if foot_sigmas else sigmas[FOOT]
+    if foot_sigmas not in (None, "raypose", *FOOT_SIGMAS):
+        raise ValueError(f"foot_sigmas {foot_sigmas!r}: use raypose (None), or one of {', '.join(FOOT_SIGMAS)}")
+    foot = FOOT_SIGMAS[foot_sigmas] if foot_sigmas in FOOT_SIGMAS else sigmas[FOOT]
     return {
         name: _evaluate(*inputs.keypoint_subset(truth, found, part), part_sigmas, image_ids).stats["AP"]
         for name, part, part_sigmas in (("body_ap", BODY, schema_for(17).sigmas), ("foot_ap", FOOT, foot))

@@ -151,7 +151,7 @@ def evaluate_distributed(model, val, config: TrainConfig, session: Session) -> d
     if session.world_rank != 0:
         return {}
     evaluation = evaluate_in_memory(annotation_source(val), parts, image_ids=image_ids(val),
-                                    foot_sigmas=None if config.foot_sigmas == "raypose" else config.foot_sigmas)
+                                    foot_sigmas=config.foot_sigmas)
     return {**{key: evaluation.stats[stat] for key, stat in EVAL_KEYS.items()}, **evaluation.parts}
 
 

@@ -85,7 +85,7 @@ def evaluate_full_validation(checkpoint: Path, config: TrainConfig, out_dir: Pat
     dets = outputs_to_coco_results(outputs, ids)
     dets_path = write_json_atomic(out_dir / "detections.json", dets)
     result = evaluate_keypoints(ann, dets, per_keypoint=True,
-                                foot_sigmas=None if config.foot_sigmas == "raypose" else config.foot_sigmas)
+                                foot_sigmas=config.foot_sigmas)
     write_eval_report(result, out_dir / "evaluation")
     # stats: the 10 COCO numbers over all the schema's points, and body_ap/foot_ap for 23 points
     return {"stats": {**result.stats, **result.parts}, "detections": str(dets_path), "num_images": len(val)}
