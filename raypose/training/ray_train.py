@@ -31,6 +31,7 @@ from ray.train.torch import TorchTrainer
 from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from raypose.data.prepare import require_data
 from raypose.errors import ConfigError, TrainingError
+from raypose.storage import folder_bytes
 from raypose.training.config import TrainConfig
 from raypose.training.resources import (
     Capacity,
@@ -41,7 +42,7 @@ from raypose.training.resources import (
     fits,
 )
 from raypose.training.run import CHECKPOINT_SCORE, run_training
-from raypose.training.sessions import StoredCheckpoint, folder_size
+from raypose.training.sessions import StoredCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class RaySession:
 
     def _upload(self, checkpoint: Checkpoint, name: str) -> Checkpoint:
         """Train's own upload (pyarrow, to the run's storage), timed."""
-        start, size = time.perf_counter(), folder_size(Path(checkpoint.path))
+        start, size = time.perf_counter(), folder_bytes(checkpoint.path)
         stored = self._storage.persist_current_checkpoint(checkpoint, name)
         self.stored.append(StoredCheckpoint(name, time.perf_counter() - start, size))
         log.info("checkpoint %s stored: %.1f MB in %.2f s (%s)", name, size / 1e6, self.stored[-1].seconds,

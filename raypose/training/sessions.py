@@ -20,6 +20,7 @@ import torch
 
 from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from raypose.io import write_text_atomic
+from raypose.storage import folder_bytes
 
 CHECKPOINT_DIR = re.compile(r"epoch_\d{4,}")
 PARTIAL_DIR = "in_epoch"  # LocalSession's mid-epoch checkpoint
@@ -33,10 +34,6 @@ class StoredCheckpoint:
     name: str
     seconds: float
     bytes: int
-
-
-def folder_size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 def _epoch_of(folder: Path) -> int:
@@ -135,7 +132,7 @@ class LocalSession:
 
     def _store(self, source: Path, dest: Path) -> None:
         """Move ``source`` (the session's from now on) to ``dest`` through ``dest.tmp``."""
-        start, size = time.perf_counter(), folder_size(source)
+        start, size = time.perf_counter(), folder_bytes(str(source))
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
