@@ -70,37 +70,31 @@ def held_out_split(config: TrainConfig, out_dir: Path) -> HeldOut:
                    f"the {len(keep)} validation images past data.val_limit ({searched}), which the search never scored")
 
 
-def evaluate_full_validation(checkpoint: Path, config: TrainConfig, out_dir: Path,
-                             split: HeldOut | None = None) -> dict[str, Any]:
-    """Predict the images of ``split`` (default: the whole validation set, no ``val_limit``) and
-    evaluate; writes detections and report."""
+def evaluate_full_validation(checkpoint: Path, config: TrainConfig, out_dir: Path, split: HeldOut) -> dict[str, Any]:
+    """Predict the images of ``split`` (:func:`held_out_split`) and evaluate; writes detections and report."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model_from_checkpoint(checkpoint, device)
     data = config.data
-    ann, images = (split.ann, split.images) if split else (data.path(data.val_ann), data.path(data.val_images))
-    val = KeypointDataset(ann, images, train=False)
+    val = KeypointDataset(split.ann, split.images, train=False)
     loader = DataLoader(val, batch_size=config.eval_batch_size, collate_fn=collate_fn, num_workers=data.loader_workers)
     outputs, ids = predict_loader(model, loader, device, amp=config.amp,
                                   on_batch=lambda i: log.info("final evaluation: batch %d/%d", i + 1, len(loader)))
     dets = outputs_to_coco_results(outputs, ids)
     dets_path = write_json_atomic(out_dir / "detections.json", dets)
-    result = evaluate_keypoints(ann, dets, per_keypoint=True,
+    result = evaluate_keypoints(split.ann, dets, per_keypoint=True,
                                 foot_sigmas=config.foot_sigmas)
     write_eval_report(result, out_dir / "evaluation")
     # stats: the 10 COCO numbers over all the schema's points, and body_ap/foot_ap for 23 points
     return {"stats": {**result.stats, **result.parts}, "detections": str(dets_path), "num_images": len(val)}
 
 
-def run_error_analysis(config: TrainConfig, dets_path: str, out_dir: Path, worst: int,
-                       split: HeldOut | None = None) -> dict[str, Any]:
+def run_error_analysis(dets_path: str, out_dir: Path, worst: int, split: HeldOut) -> dict[str, Any]:
     from raypose.analysis.data import load_analysis_input
     from raypose.analysis.report import write_report
     from raypose.analysis.summary import compute_analysis
 
-    data = config.data
-    ann, images = (split.ann, split.images) if split else (data.path(data.val_ann), data.path(data.val_images))
-    analysis = compute_analysis(load_analysis_input(ann, dets_path), worst=worst)
-    files = write_report(analysis, out_dir, images_dir=images)
+    analysis = compute_analysis(load_analysis_input(split.ann, dets_path), worst=worst)
+    files = write_report(analysis, out_dir, images_dir=split.images)
     return {k: str(v) for k, v in files.items()}
 
 
@@ -144,7 +138,7 @@ def final_stage(
         plot_importances(importances, out_dir / "importances.png")
     plot_trial_curves(trials, out_dir / "trial_curves.png", best_id=best.trial_id)
     if analyze:
-        summary["analysis"] = run_error_analysis(config, evaluation["detections"], out_dir / "analysis", worst, split)
+        summary["analysis"] = run_error_analysis(evaluation["detections"], out_dir / "analysis", worst, split)
     summary["sentence"] = study_sentence(summary)
     write_json_atomic(out_dir / "metrics.json", summary, indent=2)
     write_text_atomic(out_dir / "report.md", study_report(summary, trials, importances))
@@ -153,7 +147,7 @@ def final_stage(
 
 def _baseline_validation(
     baseline: TrialResult | None, best: TrialResult, best_eval: dict[str, Any], config: TrainConfig, out_dir: Path,
-    split: HeldOut | None = None,
+    split: HeldOut,
 ) -> dict[str, float] | None:
     """The baseline's best checkpoint on the full validation set (its own config is the
     checkpoint's: the model and data are the study's), so both recipes are compared on the same images."""
