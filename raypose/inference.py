@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
 from raypose.errors import ConfigError, InputError
+from raypose.inference_options import InferenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +76,21 @@ def predict_images(
     images: Iterable[torch.Tensor],
     device: str | torch.device = "cpu",
     batch_size: int = 4,
+    options: InferenceOptions | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Run the model in eval mode on images (3, H, W) in [0, 1].
+    """Run the model in eval mode on images (3, H, W) in [0, 1], with inference ``options``
+    (:mod:`raypose.inference_options`; None: stock KeypointRCNN).
 
     Returns:
         One dict per image with numpy arrays in original-image pixels: ``boxes`` (N, 4) xyxy,
         ``scores`` (N,), ``keypoints`` (N, K, 3) as (x, y, 1), ``keypoints_scores`` (N, K).
     """
+    from raypose.training.loop import detect
+
     model.eval()
     results: list[dict[str, np.ndarray]] = []
     for batch in batched(images, batch_size):
-        outputs = model([im.to(device, non_blocking=True) for im in batch])
+        outputs = detect(model, [im.to(device, non_blocking=True) for im in batch], options=options)
         # .cpu() syncs the GPU once per batch.
         for out in outputs:
             results.append({k: out[k].float().cpu().numpy() for k in ("boxes", "scores", "keypoints", "keypoints_scores")})
@@ -97,12 +102,13 @@ def predict_files(
     paths: Sequence[str | os.PathLike],
     device: str | torch.device = "cpu",
     batch_size: int = 4,
+    options: InferenceOptions | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """:func:`predict_images` over image files, logging progress."""
     paths = [Path(p) for p in paths]
     results: list[dict[str, np.ndarray]] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        results.extend(predict_images(model, [load_image(p) for p in chunk], device, batch_size))
+        results.extend(predict_images(model, [load_image(p) for p in chunk], device, batch_size, options))
         log.info("predicted %d/%d images", min(start + batch_size, len(paths)), len(paths))
     return results

@@ -11,6 +11,7 @@ from raypose.checkpoint import load_model_from_checkpoint
 from raypose.errors import ConfigError, InputError
 from raypose.evaluation.cocoeval import outputs_to_coco_results
 from raypose.inference import predict_files, resolve_device
+from raypose.inference_options import InferenceOptions
 from raypose.io import check_output_file, load_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,10 @@ def predict_to_results(
     device: str = "auto",
     batch_size: int = 4,
     score_thresh: float = 0.0,
+    options: InferenceOptions | None = None,
 ) -> tuple[int, int]:
-    """Write COCO keypoint results for ``images``; returns (images, detections).
+    """Write COCO keypoint results for ``images``, inferred with ``options`` (None: stock);
+    returns (images, detections).
 
     Every argument is checked before the model runs.
 
@@ -82,7 +85,7 @@ def predict_to_results(
     ids = image_ids_for(files, ann)
     dev = resolve_device(device)
     model, _ = load_model_from_checkpoint(checkpoint, dev)
-    outputs = predict_files(model, files, dev, batch_size)
+    outputs = predict_files(model, files, dev, batch_size, options)
     results = [r for r in outputs_to_coco_results(outputs, ids) if r["score"] >= score_thresh]
     write_json_atomic(out, results)
     return len(files), len(results)

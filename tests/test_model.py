@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -188,7 +189,8 @@ def test_checkpoint_round_trip_and_predict_cli(tmp_path, synth_data, capsys):
     torch.testing.assert_close(loaded([image])[0]["keypoints"], model([image])[0]["keypoints"])
 
     out = tmp_path / "dets.json"
-    assert main(["predict", str(ckpt), str(synth_data.val_images), "--out", str(out), "--ann", str(synth_data.val_ann)]) == 0
+    assert main(["predict", str(ckpt), str(synth_data.val_images), "--out", str(out), "--ann", str(synth_data.val_ann),
+                 "--no-flip-test"]) == 0  # stock KeypointRCNN
     dets = json.loads(out.read_text())
     gt_ids = {img["id"] for img in json.loads(synth_data.val_ann.read_text())["images"]}
     assert dets and {d["image_id"] for d in dets} <= gt_ids
@@ -197,6 +199,14 @@ def test_checkpoint_round_trip_and_predict_cli(tmp_path, synth_data, capsys):
     assert main(["eval", str(synth_data.val_ann), str(out), "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl",
                                                         "body_ap", "foot_ap"}
+    stock_scores = [d["keypoint_scores"] for d in dets]
+    refined = tmp_path / "refined.json"
+    assert main(["predict", str(ckpt), str(synth_data.val_images), "--out", str(refined), "--ann",
+                 str(synth_data.val_ann), "--flip-test", "--keypoint-probs", "--rescore", "--oks-nms"]) == 0
+    refined_dets = json.loads(refined.read_text())
+    assert 0 < len(refined_dets) <= len(dets)
+    probs = np.array([d["keypoint_scores"] for d in refined_dets])
+    assert ((probs > 0) & (probs <= 1)).all() and not (np.array(stock_scores) <= 1).all()  # logits before
     assert main(["predict", str(tmp_path / "none.pth"), str(synth_data.val_images), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 

@@ -20,12 +20,14 @@ import numpy as np
 from raypose.errors import InputError
 from raypose.evaluation.fast import CategoryData
 from raypose.evaluation.inputs import category_data, detections_from_list, ground_truth_from_dict
+from raypose.evaluation.oks import oks_pairs
 from raypose.io import load_json
 from raypose.schema import KeypointSchema, schema_for
 
 logger = logging.getLogger(__name__)
 
 MAX_DETS = 20  # COCO keypoint evaluation keeps the 20 best detections per image
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (pair_dt, pair_gt, oks), each (P,): fast.pair_oks
 
 
 @dataclass
@@ -42,10 +44,18 @@ class AnalysisInput:
     dt_file_index: np.ndarray  # (N,) position of each kept detection in the detections file
     gt_source: str = "<ground truth>"
     dt_source: str = "<detections>"
+    gt_num_labelled: np.ndarray | None = None  # (G,) the file's num_keypoints; None: count of v > 0
 
     @property
     def sigmas(self) -> np.ndarray:
         return self.schema.sigmas
+
+    @property
+    def num_labelled(self) -> np.ndarray:
+        """(G,) each ground truth's ``num_keypoints`` (coco-analyze skips people where it is 0)."""
+        if self.gt_num_labelled is not None:
+            return self.gt_num_labelled
+        return np.count_nonzero(self.data.gt_kpts[:, :, 2] > 0, axis=1)
 
 
 def load_analysis_input(gt_path: str | os.PathLike, dets_path: str | os.PathLike) -> AnalysisInput:
@@ -96,6 +106,7 @@ def analysis_input_from_dicts(
         dt_file_index=found.file_index[kept],
         gt_source=gt_source,
         dt_source=dt_source,
+        gt_num_labelled=truth.num_labelled.copy(),  # category_data keeps every person, in this order
     )
 
 
@@ -136,3 +147,39 @@ def with_scores(data: CategoryData, scores: np.ndarray) -> tuple[CategoryData, n
         dt_ids=data.dt_ids[order],
     )
     return _rerank(moved), order
+
+
+def update_pairs(pairs: Pairs, data: CategoryData, sigmas: np.ndarray, changed: np.ndarray) -> Pairs:
+    """Every same-image pair's OKS after the keypoints of the ``changed`` (N,) detections moved.
+
+    ``pairs`` are all same-image pairs of the same detections before the move, as
+    :func:`raypose.evaluation.fast.pair_oks` lists them; only the changed rows are recomputed
+    (OKS of one pair does not depend on the others, so the values are those of a full pass).
+    """
+    pair_dt, pair_gt, oks = pairs
+    rows = np.flatnonzero(changed[pair_dt])
+    if not len(rows):
+        return pairs
+    oks = oks.copy()
+    d, g = pair_dt[rows], pair_gt[rows]
+    oks[rows] = oks_pairs(data.dt_kpts[d], data.gt_kpts[g], data.gt_boxes[g], data.gt_areas[g], sigmas)
+    return pair_dt, pair_gt, oks
+
+
+def reorder_pairs(pairs: Pairs, order: np.ndarray) -> Pairs:
+    """``pairs`` for detections permuted by ``order`` (new[i] = old[order[i]], :func:`with_scores`),
+    in :func:`raypose.evaluation.fast.same_image_pairs`' order (by detection, then ground truth)."""
+    pair_dt, pair_gt, oks = pairs
+    new_index = np.empty(len(order), dtype=np.int64)
+    new_index[order] = np.arange(len(order))
+    new_dt = new_index[pair_dt]
+    sort = np.lexsort((pair_gt, new_dt))
+    return new_dt[sort], pair_gt[sort], oks[sort]
+
+
+def select_pairs(pairs: Pairs, keep: np.ndarray) -> Pairs:
+    """``pairs`` of the detections where ``keep`` (N,) is true, renumbered as :func:`select_detections` does."""
+    pair_dt, pair_gt, oks = pairs
+    new_index = np.cumsum(keep) - 1
+    rows = keep[pair_dt]
+    return new_index[pair_dt[rows]], pair_gt[rows], oks[rows]

@@ -20,6 +20,11 @@ Ties go to ``own`` first, then ``inv`` (so a centre point like the nose, its own
 never an inversion). Keypoints of unmatched detections, of detections matched to ignored ground
 truth (crowds, people without labelled keypoints), and of unlabelled ground-truth points are left
 unclassified (``UNCLASSIFIED``).
+
+That is raypose's convention; coco-analyze's (:mod:`raypose.analysis.conventions`, ``convention=``)
+breaks ties own > other person > ``inv``, calls good only ``own > 0.85`` (a point at exactly 0.85
+gets no category), also classifies detections matched to ignored people who have keypoints, and
+moves corrected points to ``ks^(1/4)`` of the target.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raypose.analysis.conventions import RAYPOSE, Convention
+from raypose.analysis.data import Pairs
 from raypose.evaluation.fast import CategoryData, MatchResult, match, pair_oks, same_image_pairs
 from raypose.evaluation.oks import oks_pairs
 from raypose.schema import KeypointSchema
@@ -53,10 +60,12 @@ class KeypointErrors:
 
     Attributes:
         classes: (N, K) int8, one of GOOD..MISS, or UNCLASSIFIED.
-        own_ks: (N, K) ks to the matched ground truth's same keypoint; -1 where unclassified.
+        own_ks: (N, K) ks to the matched ground truth's same keypoint; -1 where nothing is compared
+            (unmatched detection, unlabelled point).
         inv_ks: (N, K) ks to the matched ground truth's left/right counterpart; -1 where not labelled.
         other_ks: (N, K) best ks to a keypoint (same or counterpart) of another person; -1 if none.
-        matched_gt: (N,) index of the matched regular ground truth, -1 if none.
+        matched_gt: (N,) ground truth the keypoints are compared with (a person who counts; with
+            coco-analyze's convention also an ignored one with keypoints), -1 if none.
     """
 
     classes: np.ndarray
@@ -104,9 +113,24 @@ def pair_keypoint_similarity(
     return np.exp(-((dx**2 + dy**2) / variances / (gt_areas[:, None] + _EPS) / 2))
 
 
-def match_detections(data: CategoryData, sigmas: np.ndarray, thresholds: Iterable[float]) -> MatchResult:
-    """pycocotools' greedy matching over the "all" area range at the given OKS thresholds."""
-    return match(data, pair_oks(data, sigmas), ALL_AREA, np.asarray(list(thresholds), dtype=np.float64))
+def match_detections(
+    data: CategoryData,
+    sigmas: np.ndarray,
+    thresholds: Iterable[float],
+    area: np.ndarray = ALL_AREA,
+    pairs: Pairs | None = None,
+) -> MatchResult:
+    """pycocotools' greedy matching over one area range (default "all") at the given OKS thresholds.
+
+    Args:
+        area: (1, 2) area range in pixels^2.
+        pairs: the OKS of ``data``'s same-image pairs (:func:`raypose.evaluation.fast.pair_oks`),
+            all of them or at least those reaching the lowest threshold; computed when None.
+    """
+    thresholds = np.asarray(list(thresholds), dtype=np.float64)
+    if pairs is None:
+        pairs = pair_oks(data, sigmas, min_oks=float(thresholds.min()))
+    return match(data, pairs, area, thresholds)
 
 
 def matched_regular_gt(data: CategoryData, result: MatchResult, t: int = 0) -> np.ndarray:
@@ -118,59 +142,122 @@ def matched_regular_gt(data: CategoryData, result: MatchResult, t: int = 0) -> n
     return gt
 
 
-def classify_keypoints(data: CategoryData, matched_gt: np.ndarray, schema: KeypointSchema) -> KeypointErrors:
+def localisation_matches(
+    data: CategoryData,
+    sigmas: np.ndarray,
+    gt_num_labelled: np.ndarray,
+    convention: Convention = RAYPOSE,
+    pairs: Pairs | None = None,
+) -> np.ndarray:
+    """(N,) the ground truth whose keypoints each detection's are classified against; -1 for none.
+
+    Detections matched at OKS >= 0.1 over the convention's area range: to a person who counts
+    (raypose), or to any person whose ``num_keypoints`` is not 0, ignored or not (coco-analyze).
+
+    Args:
+        gt_num_labelled: (G,) the ground-truth file's ``num_keypoints`` field.
+    """
+    loc = match_detections(data, sigmas, [LOC_OKS_THRESHOLD], convention.area, pairs)
+    if not convention.classify_ignored:
+        return matched_regular_gt(data, loc)
+    gt = np.where(loc.dt_matched[0, 0], loc.dt_gt[0, 0], -1)
+    gt[(gt >= 0) & (gt_num_labelled[np.maximum(gt, 0)] == 0)] = -1
+    return gt
+
+
+def _max_per_detection(num_dt: int, pair_dt: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(N, K) maximum of ``values`` (P, K) over each detection's pairs (``pair_dt`` sorted); -1 if none."""
+    out = np.full((num_dt, values.shape[1]), -1.0)
+    if len(pair_dt):
+        dets, starts = np.unique(pair_dt, return_index=True)
+        out[dets] = np.maximum.reduceat(values, starts, axis=0)
+    return out
+
+
+def classify_keypoints(
+    data: CategoryData, matched_gt: np.ndarray, schema: KeypointSchema, convention: Convention = RAYPOSE
+) -> KeypointErrors:
     """Classify every keypoint of every detection (see the module docstring).
 
     Args:
         data: ground truth and detections; keypoints ``(x, y, v)`` in pixels.
-        matched_gt: (N,) regular ground-truth index per detection, -1 for none
-            (:func:`matched_regular_gt` at :data:`LOC_OKS_THRESHOLD`).
+        matched_gt: (N,) ground-truth index per detection, -1 for none
+            (:func:`localisation_matches`, or :func:`matched_regular_gt` at :data:`LOC_OKS_THRESHOLD`).
         schema: gives the sigmas and the left/right flip permutation.
+        convention: tie order and good threshold; its sigmas (:meth:`Convention.keypoint_sigmas`).
     """
     num_dt, num_k = len(data.dt_img), schema.num_keypoints
+    sigmas = convention.keypoint_sigmas(schema)
     flip = schema.flip_index
     pair_dt, pair_gt = same_image_pairs(data)
     dt_xy = data.dt_kpts[pair_dt, :, :2]
     gt_pts = data.gt_kpts[pair_gt]
     areas = data.gt_areas[pair_gt]
     labelled = gt_pts[:, :, 2] > 0
-    ks = np.where(labelled, pair_keypoint_similarity(dt_xy, gt_pts[:, :, :2], areas, schema.sigmas), -1.0)
+    ks = np.where(labelled, pair_keypoint_similarity(dt_xy, gt_pts[:, :, :2], areas, sigmas), -1.0)
     ks_flip = np.where(
-        labelled[:, flip], pair_keypoint_similarity(dt_xy, gt_pts[:, flip, :2], areas, schema.sigmas), -1.0
+        labelled[:, flip], pair_keypoint_similarity(dt_xy, gt_pts[:, flip, :2], areas, sigmas), -1.0
     )
 
     own_pair = matched_gt[pair_dt] == pair_gt
     own = np.full((num_dt, num_k), -1.0)
     inv = np.full((num_dt, num_k), -1.0)
-    other = np.full((num_dt, num_k), -1.0)
     own[pair_dt[own_pair]] = ks[own_pair]
     inv[pair_dt[own_pair]] = ks_flip[own_pair]
-    np.maximum.at(other, pair_dt[~own_pair], np.maximum(ks, ks_flip)[~own_pair])
+    other_same = _max_per_detection(num_dt, pair_dt[~own_pair], ks[~own_pair])
+    other_flip = _max_per_detection(num_dt, pair_dt[~own_pair], ks_flip[~own_pair])
+    classes = _categories(own, inv, other_same, other_flip, convention)
+    own[own < 0] = -1.0
+    return KeypointErrors(
+        classes=classes,
+        own_ks=own,
+        inv_ks=inv,
+        other_ks=np.maximum(other_same, other_flip),
+        matched_gt=matched_gt.copy(),
+    )
 
-    classes = np.full((num_dt, num_k), UNCLASSIFIED, dtype=np.int8)
+
+def _categories(
+    own: np.ndarray, inv: np.ndarray, other_same: np.ndarray, other_flip: np.ndarray, convention: Convention
+) -> np.ndarray:
+    """(N, K) int8 categories from the ks to each candidate (-1 where the candidate is unlabelled)."""
+    other = np.maximum(other_same, other_flip)
     valid = own >= 0  # matched detection and labelled ground-truth point
     best = np.maximum(np.maximum(own, inv), other)
     own_best = (own >= inv) & (own >= other)
-    inv_best = ~own_best & (inv >= other)
-    classes[valid & own_best & (own >= GOOD_KS)] = GOOD
+    if convention.tie_order == "own-inversion-other":
+        inv_best = ~own_best & (inv >= other)
+    else:
+        # coco-analyze's argmax over its rows: own, other people's same point, own counterpart,
+        # other people's counterpart; the first maximum wins
+        inv_best = ~own_best & (inv > other_same) & (inv >= other_flip)
+    good = own >= GOOD_KS if convention.good_includes_threshold else own > GOOD_KS
+    classes = np.full(own.shape, UNCLASSIFIED, dtype=np.int8)
+    classes[valid & own_best & good] = GOOD
     classes[valid & own_best & (own < GOOD_KS)] = JITTER
     classes[valid & inv_best] = INVERSION
     classes[valid & ~own_best & ~inv_best] = SWAP
     classes[valid & (best < JITTER_KS)] = MISS
-    own[~valid] = -1.0
-    return KeypointErrors(
-        classes=classes, own_ks=own, inv_ks=inv, other_ks=other, matched_gt=matched_gt.copy()
-    )
+    return classes
 
 
 def corrected_keypoints(
-    data: CategoryData, errors: KeypointErrors, sigmas: np.ndarray, types: Iterable[str]
+    data: CategoryData,
+    errors: KeypointErrors,
+    sigmas: np.ndarray,
+    types: Iterable[str],
+    convention: Convention = RAYPOSE,
 ) -> np.ndarray:
     """Detection keypoints with the errors of ``types`` corrected, as in the paper.
 
     A corrected keypoint moves onto its own ground truth's point, shifted along x by the distance
     at which ks equals: 0.85 for jitter (it becomes good), 0.5 for a miss (it becomes jitter), and
     the ks it had to the wrong point for an inversion or swap (right point, same precision).
+    coco-analyze's convention computes that distance with ``sigma^2`` where OKS has
+    ``(2 sigma)^2``, so its points land at the fourth root of those ks (jitter 0.96, miss 0.84).
+
+    Args:
+        sigmas: (K,) the convention's keypoint sigmas (:meth:`Convention.keypoint_sigmas`).
 
     Returns:
         (N, K, 3) keypoints ``(x, y, v)``; points of other categories are unchanged.
@@ -188,10 +275,17 @@ def corrected_keypoints(
         return out
     d_idx, k_idx = np.nonzero(fix)
     g_idx = errors.matched_gt[d_idx]
-    variances = (np.asarray(sigmas, dtype=np.float64)[k_idx] * 2) ** 2
-    area = data.gt_areas[g_idx] + _EPS
-    ks = np.clip(target[d_idx, k_idx], _EPS, 1.0)
-    shift = np.sqrt(-np.log(ks) * 2.0 * area * variances) * _CORRECTION_SHRINK
+    sigma = np.asarray(sigmas, dtype=np.float64)[k_idx]
+    ks = target[d_idx, k_idx]
+    if convention.landing_variance == "oks":
+        area = data.gt_areas[g_idx] + _EPS
+        ks = np.clip(ks, _EPS, 1.0)
+        shift = np.sqrt(-np.log(ks) * 2.0 * area * (sigma * 2) ** 2) * _CORRECTION_SHRINK
+    else:
+        # cocoanalyze.py's arithmetic, operation for operation: the wrong point's ks nudged off 0
+        # and 1, then sqrt(-log(ks) * 2 * area * sigma^2), the area without eps
+        ks = ks + _EPS * (ks == 0) - _EPS * (ks == 1)
+        shift = np.sqrt(-np.log(ks) * 2 * data.gt_areas[g_idx] * (sigma**2))
     out[d_idx, k_idx, 0] = data.gt_kpts[g_idx, k_idx, 0] + shift
     out[d_idx, k_idx, 1] = data.gt_kpts[g_idx, k_idx, 1]
     return out
@@ -207,13 +301,18 @@ def matched_oks(data: CategoryData, sigmas: np.ndarray, matched_gt: np.ndarray) 
     return out
 
 
-def best_oks(data: CategoryData, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_oks(
+    data: CategoryData, sigmas: np.ndarray, pairs: Pairs | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Each detection's highest OKS with a regular ground truth of its image, and that index.
+
+    Args:
+        pairs: every same-image pair's OKS (:func:`raypose.evaluation.fast.pair_oks`); computed when None.
 
     Returns:
         ``(oks, gt)``, each (N,): 0 and -1 where the image has no regular ground truth.
     """
-    pair_dt, pair_gt, oks = pair_oks(data, sigmas)
+    pair_dt, pair_gt, oks = pair_oks(data, sigmas) if pairs is None else pairs
     regular = ~data.gt_ignore[pair_gt]
     pair_dt, pair_gt, oks = pair_dt[regular], pair_gt[regular], oks[regular]
     best = np.zeros(len(data.dt_img))
@@ -256,11 +355,11 @@ def background_false_positives(result: MatchResult) -> np.ndarray:
 
 
 def false_negatives(data: CategoryData, result: MatchResult) -> np.ndarray:
-    """(G,) regular ground truths matched at no OKS threshold of ``result``."""
+    """(G,) ground truths who count in ``result``'s area range, matched at none of its OKS thresholds."""
     hit = np.zeros(len(data.gt_ids), dtype=bool)
     taken = result.dt_gt[0][result.dt_gt[0] >= 0]
     hit[taken] = True
-    return ~hit & ~data.gt_ignore
+    return ~hit & ~result.gt_ignore[0]
 
 
 def oks_loss_share(errors: KeypointErrors) -> tuple[np.ndarray, np.ndarray]:

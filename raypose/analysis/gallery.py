@@ -139,9 +139,13 @@ def _draw_categories(
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically."""
+    """Write a PNG atomically.
+
+    zlib level 3 instead of PIL's 6: the gallery's ~200 images encode in 40 % less time, for files
+    about a third larger (encoding was a quarter of ``write_report``'s time).
+    """
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=3)
     return Path(path)
 
 

@@ -5,16 +5,21 @@ Starting from the original detections, errors are corrected cumulatively, and CO
 
 1. ``miss``, 2. ``swap``, 3. ``inversion``, 4. ``jitter``: the keypoints of detections matched
    at OKS >= 0.1 are moved as :func:`raypose.analysis.error_types.corrected_keypoints` says;
-5. ``score``: optimal rescoring: in each image the detections are assigned one-to-one to the
-   regular ground truths maximising total OKS (Hungarian), an assigned detection's score becomes
-   its OKS, the others score 0 (or, in images with ignored people, their best OKS to an ignored
-   person scaled below every assigned score);
-6. ``background_fp``: detections matched at no OKS threshold are removed;
-7. ``false_negative``: ground truths matched at no OKS threshold are ignored.
+5. ``score``: optimal rescoring (:mod:`raypose.analysis.rescoring`);
+6. ``background_fp``: background false positives are removed;
+7. ``false_negative``: missed people are ignored.
 
 The gain of a step is its AP minus the previous step's: the largest gain is the error to attack
-first. Evaluation is :mod:`raypose.evaluation.fast` (bit-identical to pycocotools) on the "all"
-area range with 20 detections per image.
+first. Beside that run, each error type is also corrected on its own, from the original
+detections (coco-analyze's ``errorsAPImpact.py``): its gain is its AP minus the original AP
+(for coco-analyze's ``false_neg``, minus the AP without background false positives, as there).
+
+The convention (:mod:`raypose.analysis.conventions`) decides the area range, the corrections,
+the rescoring and the background steps: raypose's removes the detections matched at no OKS
+threshold, then ignores the people matched at none; coco-analyze's ignores, at each threshold,
+the detections unmatched at that threshold, then the people unmatched at it or a lower one.
+Evaluation is :mod:`raypose.evaluation.fast` (bit-identical to pycocotools) with 20 detections
+per image.
 """
 
 from __future__ import annotations
@@ -23,41 +28,41 @@ import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from raypose.analysis.data import MAX_DETS, AnalysisInput, select_detections, with_scores
+from raypose.analysis.conventions import RAYPOSE, Convention
+from raypose.analysis.data import (
+    MAX_DETS,
+    AnalysisInput,
+    Pairs,
+    reorder_pairs,
+    select_detections,
+    select_pairs,
+    update_pairs,
+    with_scores,
+)
 from raypose.analysis.error_types import (
-    LOC_OKS_THRESHOLD,
+    ALL_AREA,
     OKS_THRESHOLDS,
     KeypointErrors,
     background_false_positives,
     classify_keypoints,
     corrected_keypoints,
     false_negatives,
+    localisation_matches,
     match_detections,
-    matched_regular_gt,
 )
-from raypose.evaluation.fast import CategoryData, accumulate, pair_oks
+from raypose.analysis.rescoring import optimal_scores
+from raypose.evaluation.fast import CategoryData, MatchResult, accumulate, pair_oks
 
 logger = logging.getLogger(__name__)
 
 KEYPOINT_STEPS: tuple[str, ...] = ("miss", "swap", "inversion", "jitter")
-STEP_LABELS: dict[str, str] = {
-    "original": "Original",
-    "miss": "Miss",
-    "swap": "Swap",
-    "inversion": "Inversion",
-    "jitter": "Jitter",
-    "score": "Optimal score",
-    "background_fp": "Background FP",
-    "false_negative": "False negatives",
-}
 REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # pycocotools' recThrs
 
 
 @dataclass
 class EvalSummary:
-    """COCO keypoint AP for one set of detections ("all" areas, 20 detections per image)."""
+    """COCO keypoint AP for one set of detections (one area range, 20 detections per image)."""
 
     ap: float  # mean precision over OKS 0.50:0.95 and 101 recall points; -1 without ground truth
     ap50: float
@@ -68,19 +73,38 @@ class EvalSummary:
 
 @dataclass
 class ProgressiveStep:
-    name: str
-    label: str
+    name: str  # canonical step key (raypose.analysis.conventions.STEP_KEYS)
+    label: str  # the convention's label
     result: EvalSummary
-    gain_ap: float  # AP minus the previous step's (NaN if either is undefined)
+    gain_ap: float  # AP minus the reference step's (NaN if either is undefined)
     gain_ap50: float
+    relative_to: str = ""  # the step the gain is measured from
+
+
+@dataclass
+class Stage:
+    """One step of the cumulative run: its detections, their OKS pairs and its evaluation.
+
+    For coco-analyze's per-threshold background steps ``data`` is the rescored data: what they
+    ignore differs by OKS threshold and is applied inside the evaluation.
+    """
+
+    name: str
+    data: CategoryData
+    pairs: Pairs  # every same-image pair's OKS
+    result: EvalSummary
+    match: MatchResult | None = field(default=None, repr=False)  # its matching at the OKS thresholds
 
 
 @dataclass
 class ProgressiveResult:
-    steps: list[ProgressiveStep]
+    steps: list[ProgressiveStep]  # the cumulative run
+    isolated: list[ProgressiveStep]  # each error type corrected on its own
     errors: KeypointErrors  # classification of the original detections
     background_fp: np.ndarray  # (N,) original detections matched at no OKS threshold
-    false_negative: np.ndarray  # (G,) regular ground truths matched at no OKS threshold (original)
+    false_negative: np.ndarray  # (G,) people who count, matched at no OKS threshold (original)
+    convention: Convention = RAYPOSE
+    background_per_threshold: list[dict] = field(default_factory=list)  # coco-analyze's counts
 
 
 def _mean_valid(values: np.ndarray) -> float:
@@ -93,102 +117,209 @@ def _gain(value: float, previous: float) -> float:
     return value - previous if value >= 0 and previous >= 0 else float("nan")
 
 
-def evaluate_category(data: CategoryData, sigmas: np.ndarray) -> EvalSummary:
-    """COCO keypoint AP of ``data``, identical to pycocotools' ``stats[0]``, ``stats[1]``, ``stats[2]``."""
-    result = match_detections(data, sigmas, OKS_THRESHOLDS)
-    precision, recall, _ = accumulate(data, result, REC_THRESHOLDS, [MAX_DETS])
-    p = precision[:, :, 0, 0]
+def _summary(precision: np.ndarray, recall: np.ndarray) -> EvalSummary:
+    """From (T, R) precision and (T,) recall."""
     return EvalSummary(
-        ap=_mean_valid(p),
-        ap50=_mean_valid(p[0]),
-        ap75=_mean_valid(p[5]),
-        recall=_mean_valid(recall[:, 0, 0]),
-        precision=p,
+        ap=_mean_valid(precision),
+        ap50=_mean_valid(precision[0]),
+        ap75=_mean_valid(precision[5]),
+        recall=_mean_valid(recall),
+        precision=precision,
     )
 
 
-def optimal_scores(data: CategoryData, sigmas: np.ndarray) -> np.ndarray:
-    """The rescoring that maximises AP for the given keypoints, per the paper (see module doc).
+def summarize_match(data: CategoryData, result: MatchResult) -> EvalSummary:
+    """pycocotools' ``accumulate`` + AP of one matching (one area range)."""
+    precision, recall, _ = accumulate(data, result, REC_THRESHOLDS, [MAX_DETS])
+    return _summary(precision[:, :, 0, 0], recall[:, 0, 0])
+
+
+def evaluate_category(
+    data: CategoryData, sigmas: np.ndarray, area: np.ndarray = ALL_AREA, pairs: Pairs | None = None
+) -> EvalSummary:
+    """COCO keypoint AP of ``data``, identical to pycocotools' ``stats[0]``, ``stats[1]``, ``stats[2]``
+    (with ``area`` (1, 2) as its "all" range; ``pairs``: the OKS pairs, computed when None)."""
+    return summarize_match(data, match_detections(data, sigmas, OKS_THRESHOLDS, area, pairs))
+
+
+def per_threshold_background(data: CategoryData, result: MatchResult) -> tuple[EvalSummary, EvalSummary]:
+    """coco-analyze's background steps on one matching at the OKS thresholds.
 
     Returns:
-        (N,) new scores in [0, 1], aligned with ``data``'s detections.
+        ``(no_fp, no_fn)``: AP when, at each threshold, the detections unmatched at it are
+        ignored; and when, in addition, the people unmatched at it or at a lower threshold are
+        (``cocoanalyze.py``'s ``_summarize_bckgd_errors``: precision is then 1 and recall too).
     """
-    pair_dt, pair_gt, oks = pair_oks(data, sigmas)
-    scores = np.zeros(len(data.dt_img))
-    dt_count = np.bincount(data.dt_img, minlength=data.num_images)
-    gt_count = np.bincount(data.gt_img, minlength=data.num_images)
-    dt_start = np.cumsum(dt_count) - dt_count
-    gt_start = np.cumsum(gt_count) - gt_count
-    pair_start = np.cumsum(dt_count * gt_count) - dt_count * gt_count
-    for img in np.flatnonzero((dt_count > 0) & (gt_count > 0)):
-        n_dt, n_gt = dt_count[img], gt_count[img]
-        matrix = oks[pair_start[img] : pair_start[img] + n_dt * n_gt].reshape(n_dt, n_gt)
-        ignored = data.gt_ignore[gt_start[img] : gt_start[img] + n_gt]
-        scores[dt_start[img] : dt_start[img] + n_dt] = _image_optimal_scores(matrix, ignored)
-    return scores
+    no_fp = replace(result, dt_ignore=result.dt_ignore | ~result.dt_matched)
+    fp_summary = summarize_match(data, no_fp)
+    missed_so_far = np.logical_or.accumulate(~_found(data, result), axis=0)  # (T, G)
+    precision = np.empty((len(OKS_THRESHOLDS), len(REC_THRESHOLDS)))
+    recall = np.empty(len(OKS_THRESHOLDS))
+    for t in range(len(OKS_THRESHOLDS)):
+        one = MatchResult(
+            dt_gt=no_fp.dt_gt[:, t : t + 1],
+            dt_matched=no_fp.dt_matched[:, t : t + 1],
+            dt_ignore=no_fp.dt_ignore[:, t : t + 1],
+            gt_ignore=no_fp.gt_ignore | missed_so_far[t][None, :],
+        )
+        p, r, _ = accumulate(data, one, REC_THRESHOLDS, [MAX_DETS])
+        precision[t], recall[t] = p[0, :, 0, 0], r[0, 0, 0]
+    return fp_summary, _summary(precision, recall)
 
 
-def _image_optimal_scores(oks: np.ndarray, ignored: np.ndarray) -> np.ndarray:
-    """Scores for one image's detections given their (D, G) OKS matrix and which G are ignored."""
-    scores = np.zeros(oks.shape[0])
-    regular = oks[:, ~ignored]
-    assigned = np.zeros(oks.shape[0], dtype=bool)
-    if regular.shape[1]:
-        rows, cols = linear_sum_assignment(regular, maximize=True)
-        scores[rows] = regular[rows, cols]
-        assigned[rows] = True
-    if ignored.any() and not assigned.all():
-        positive = scores[assigned & (scores > 0)]
-        cap = max((positive.min() if positive.size else 1.0) - np.spacing(1), 0.0)
-        rest = ~assigned
-        scores[rest] = oks[rest][:, ignored].max(axis=1) * cap
-    return scores
+def background_counts(data: CategoryData, result: MatchResult) -> list[dict]:
+    """Per OKS threshold, coco-analyze's numbers of false positives (detections unmatched at it)
+    and false negatives (annotations, crowds and ignored people included, matched by none)."""
+    found = _found(data, result)
+    return [
+        {
+            "oks": round(float(oks), 2),
+            "false_positives": int(np.count_nonzero(~result.dt_matched[0, t])),
+            "false_negatives": int(np.count_nonzero(~found[t])),
+        }
+        for t, oks in enumerate(OKS_THRESHOLDS)
+    ]
 
 
-def correction_stages(inp: AnalysisInput, errors: KeypointErrors) -> list[tuple[str, CategoryData]]:
-    """The data after each cumulative correction step, starting with ``("original", inp.data)``.
+def _found(data: CategoryData, result: MatchResult) -> np.ndarray:
+    """(T, G) whether some detection is matched to each ground truth at each threshold."""
+    found = np.zeros((result.dt_gt.shape[1], len(data.gt_ids)), dtype=bool)
+    for t in range(result.dt_gt.shape[1]):
+        hit = result.dt_gt[0, t]
+        found[t, hit[hit >= 0]] = True
+    return found
+
+
+def classify_input(
+    inp: AnalysisInput, convention: Convention = RAYPOSE, pairs: Pairs | None = None
+) -> KeypointErrors:
+    """Classify the keypoints of ``inp``'s detections matched at OKS >= 0.1 (under ``convention``)."""
+    matched = localisation_matches(inp.data, inp.sigmas, inp.num_labelled, convention, pairs)
+    return classify_keypoints(inp.data, matched, inp.schema, convention)
+
+
+class _Run:
+    """The stages of one analysis; every stage reuses the original detections' OKS pairs, and
+    recomputes only the pairs of the detections it moved."""
+
+    def __init__(self, inp: AnalysisInput, errors: KeypointErrors, convention: Convention, pairs: Pairs):
+        self.inp, self.errors, self.convention, self.pairs = inp, errors, convention, pairs
+        self.sigmas = inp.sigmas
+        self.keypoint_sigmas = convention.keypoint_sigmas(inp.schema)
+        self.original = self.evaluate("original", inp.data, pairs)
+
+    def evaluate(self, name: str, data: CategoryData, pairs: Pairs) -> Stage:
+        result = match_detections(data, self.sigmas, OKS_THRESHOLDS, self.convention.area, pairs)
+        return Stage(name, data, pairs, summarize_match(data, result), result)
+
+    def corrected(self, name: str, types: tuple[str, ...]) -> Stage:
+        """The original detections with the errors of ``types`` corrected."""
+        data = self.inp.data
+        kpts = corrected_keypoints(data, self.errors, self.keypoint_sigmas, types, self.convention)
+        changed = (kpts != data.dt_kpts).any(axis=(1, 2))
+        moved = replace(data, dt_kpts=kpts)
+        return self.evaluate(name, moved, update_pairs(self.pairs, moved, self.sigmas, changed))
+
+    def rescored(self, stage: Stage) -> Stage:
+        scores = optimal_scores(stage.data, stage.pairs, self.convention, self.keypoint_sigmas)
+        moved, order = with_scores(stage.data, scores)
+        return self.evaluate("score", moved, reorder_pairs(stage.pairs, order))
+
+    def without_background_fp(self, stage: Stage) -> Stage:
+        """raypose: the detections matched at no threshold removed (:func:`background_false_positives`)."""
+        keep = ~background_false_positives(stage.match)
+        return self.evaluate(
+            "background_fp", select_detections(stage.data, keep), select_pairs(stage.pairs, keep)
+        )
+
+    def without_missed(self, stage: Stage) -> Stage:
+        """raypose: the people matched at no threshold ignored (:func:`false_negatives`)."""
+        missed = false_negatives(stage.data, stage.match)
+        data = replace(stage.data, gt_ignore=stage.data.gt_ignore | missed)
+        return self.evaluate("false_negative", data, stage.pairs)
+
+    def background(self, stage: Stage) -> tuple[Stage, Stage]:
+        """The two background steps after ``stage``, one after the other."""
+        if self.convention.background == "per-threshold":
+            no_fp, no_fn = per_threshold_background(stage.data, stage.match)
+            return (
+                Stage("background_fp", stage.data, stage.pairs, no_fp),
+                Stage("false_negative", stage.data, stage.pairs, no_fn),
+            )
+        no_fp = self.without_background_fp(stage)
+        return no_fp, self.without_missed(no_fp)
+
+    def cumulative(self) -> list[Stage]:
+        stages = [self.original]
+        for n in range(1, len(KEYPOINT_STEPS) + 1):
+            stages.append(self.corrected(KEYPOINT_STEPS[n - 1], KEYPOINT_STEPS[:n]))
+        stages.append(self.rescored(stages[-1]))
+        stages.extend(self.background(stages[-1]))
+        return stages
+
+    def isolated(self) -> list[tuple[Stage, Stage]]:
+        """``(stage, reference stage)`` for each error type corrected alone, from the original."""
+        out = [(self.corrected(step, (step,)), self.original) for step in KEYPOINT_STEPS]
+        out.append((self.rescored(self.original), self.original))
+        if self.convention.background == "per-threshold":
+            no_fp, no_fn = self.background(self.original)
+            return [*out, (no_fp, self.original), (no_fn, no_fp)]
+        no_fp = self.without_background_fp(self.original)
+        return [*out, (no_fp, self.original), (self.without_missed(self.original), self.original)]
+
+
+def correction_stages(
+    inp: AnalysisInput, errors: KeypointErrors, convention: Convention = RAYPOSE, pairs: Pairs | None = None
+) -> list[Stage]:
+    """The cumulative run's stages, starting with ``original`` (``inp.data``), each evaluated.
 
     Args:
         errors: the classification of ``inp.data``'s detections (:func:`classify_input`).
+        pairs: every same-image pair's OKS of ``inp.data`` (computed when None).
     """
-    data, sigmas = inp.data, inp.sigmas
-    stages: list[tuple[str, CategoryData]] = [("original", data)]
-    for n in range(1, len(KEYPOINT_STEPS) + 1):
-        kpts = corrected_keypoints(data, errors, sigmas, KEYPOINT_STEPS[:n])
-        stages.append((KEYPOINT_STEPS[n - 1], replace(data, dt_kpts=kpts)))
-    rescored, _ = with_scores(stages[-1][1], optimal_scores(stages[-1][1], sigmas))
-    stages.append(("score", rescored))
-    background = background_false_positives(match_detections(rescored, sigmas, OKS_THRESHOLDS))
-    no_fp = select_detections(rescored, ~background)
-    stages.append(("background_fp", no_fp))
-    fn = false_negatives(no_fp, match_detections(no_fp, sigmas, OKS_THRESHOLDS))
-    stages.append(("false_negative", replace(no_fp, gt_ignore=no_fp.gt_ignore | fn)))
-    return stages
+    pairs = pair_oks(inp.data, inp.sigmas) if pairs is None else pairs
+    return _Run(inp, errors, convention, pairs).cumulative()
 
 
-def classify_input(inp: AnalysisInput) -> KeypointErrors:
-    """Classify the keypoints of ``inp``'s detections matched at OKS >= 0.1."""
-    loc = match_detections(inp.data, inp.sigmas, [LOC_OKS_THRESHOLD])
-    return classify_keypoints(inp.data, matched_regular_gt(inp.data, loc), inp.schema)
+def _step(stage: Stage, ref: Stage, convention: Convention) -> ProgressiveStep:
+    res, prev = stage.result, ref.result
+    return ProgressiveStep(
+        stage.name,
+        convention.label_of(stage.name),
+        res,
+        _gain(res.ap, prev.ap),
+        _gain(res.ap50, prev.ap50),
+        ref.name,
+    )
 
 
-def progressive_correction(inp: AnalysisInput, errors: KeypointErrors | None = None) -> ProgressiveResult:
-    """Run the cumulative corrections and measure AP after each (see the module docstring)."""
-    errors = classify_input(inp) if errors is None else errors
-    steps: list[ProgressiveStep] = []
-    for name, stage in correction_stages(inp, errors):
-        summary = evaluate_category(stage, inp.sigmas)
-        prev = steps[-1].result if steps else summary
-        steps.append(
-            ProgressiveStep(
-                name, STEP_LABELS[name], summary, _gain(summary.ap, prev.ap), _gain(summary.ap50, prev.ap50)
-            )
-        )
-        logger.info("progressive correction %-15s AP %.4f  AP50 %.4f", name, summary.ap, summary.ap50)
-    original = match_detections(inp.data, inp.sigmas, OKS_THRESHOLDS)
+def progressive_correction(
+    inp: AnalysisInput,
+    errors: KeypointErrors | None = None,
+    convention: Convention = RAYPOSE,
+    pairs: Pairs | None = None,
+) -> ProgressiveResult:
+    """Run the cumulative corrections and each error type alone, measuring AP (module docstring).
+
+    Args:
+        errors: the classification of ``inp.data`` under ``convention`` (computed when None).
+        pairs: every same-image pair's OKS of ``inp.data`` (computed when None).
+    """
+    pairs = pair_oks(inp.data, inp.sigmas) if pairs is None else pairs
+    errors = classify_input(inp, convention, pairs) if errors is None else errors
+    run = _Run(inp, errors, convention, pairs)
+    stages = run.cumulative()
+    steps = [_step(stage, stages[max(n - 1, 0)], convention) for n, stage in enumerate(stages)]
+    for s in steps:
+        logger.info("progressive correction %-15s AP %.4f  AP50 %.4f", s.name, s.result.ap, s.result.ap50)
+    score = next(stage for stage in stages if stage.name == "score")
+    original = run.original.match
     return ProgressiveResult(
         steps=steps,
+        isolated=[_step(stage, ref, convention) for stage, ref in run.isolated()],
         errors=errors,
         background_fp=background_false_positives(original),
         false_negative=false_negatives(inp.data, original),
+        convention=convention,
+        background_per_threshold=background_counts(score.data, score.match),
     )

@@ -72,9 +72,63 @@ def plot_gains(summary: dict, path: Path) -> Path:
     ax.bar(x + 0.2, [s["gain_ap50"] or 0 for s in steps], 0.4, label="AP gain (OKS .5)")
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylabel("AP gained by correcting")
+    ax.set_title("Cumulative: each step after the previous ones")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_isolated_gains(summary: dict, path: Path) -> Path:
+    """Bars: the AP gain of each error type corrected on its own, beside its cumulative gain."""
+    alone = summary["isolated"]
+    cumulative = {s["step"]: s for s in summary["progressive"]}
+    x = np.arange(len(alone))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(x - 0.2, [s["gain_ap"] or 0 for s in alone], 0.4, color="#8063A3", label="on its own")
+    ax.bar(
+        x + 0.2,
+        [cumulative[s["step"]]["gain_ap"] or 0 for s in alone],
+        0.4,
+        color="#BBBBBB",
+        label="cumulative (as in the run)",
+    )
+    ax.set_xticks(x, [s["label"] for s in alone], rotation=30, ha="right")
+    ax.set_ylabel("AP gain (OKS .50:.95)")
+    ax.set_title("Each error type corrected on its own, from the original detections")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def isolated_gain_lines(summary: dict) -> list[str]:
+    """Markdown lines: a table of the AP gain of each error type corrected on its own, beside its
+    gain in the cumulative run, from a ``summary.json`` dict (:func:`raypose.analysis.summary.summary_dict`).
+
+    Returns:
+        Lines without trailing newlines: a sentence naming the convention, then the table.
+    """
+    cumulative = {s["step"]: s for s in summary["progressive"]}
+    original = summary["progressive"][0]
+    lines = [
+        f"AP gain of each error type corrected on its own ({summary['convention']['name']} convention; "
+        f"original AP {_md(original['ap'])}, AP50 {_md(original['ap50'])}):",
+        "",
+        "| error type | AP gain alone | AP50 gain alone | AP gain in the cumulative run | measured from |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for s in summary["isolated"]:
+        run = cumulative.get(s["step"], {})
+        lines.append(
+            f"| {s['label']} | {_md(s['gain_ap'], True)} | {_md(s['gain_ap50'], True)} | "
+            f"{_md(run.get('gain_ap'), True)} | {s['relative_to']} |"
+        )
+    return lines
+
+
+def _md(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def plot_original_pr(summary: dict, path: Path) -> Path:
@@ -182,14 +236,38 @@ def _legend() -> str:
     )
 
 
+def _convention_section(summary: dict) -> list[str]:
+    name = summary["convention"]["name"]
+    rows = [
+        [f"({d['item']}) {d['what']}", d["raypose"], d["coco-analyze"]]
+        for d in summary["convention"]["differences"]
+    ]
+    return [
+        '<h2 id="convention">Convention</h2>',
+        f"<p>This report follows the <b>{html.escape(name)}</b> convention (<code>raypose analyze "
+        f"--convention {html.escape(name)}</code>). The two conventions differ in:</p>",
+        _table(
+            ["", *(f"{c} (this report)" if c == name else c for c in ("raypose", "coco-analyze"))],
+            rows,
+            "convention-table",
+        ),
+        "<p>Both give each error type on its own beside the cumulative run (coco-analyze's "
+        "<code>errorsAPImpact</code>). Per-image OKS and the worst images use COCO's matching in both.</p>",
+    ]
+
+
 def _sections(summary: dict, files: dict[str, Any]) -> list[str]:
     ev = summary["evaluation"]
+    cumulative = {s["step"]: s for s in summary["progressive"]}
+    area = summary["convention"]["area_range"]
     parts = [
         "<h1>raypose error analysis</h1>",
         f"<p>Ground truth <code>{html.escape(summary['ground_truth'])}</code>, detections "
         f"<code>{html.escape(summary['detections'])}</code>: {summary['num_images']} images, "
         f"{summary['num_people']} people, {summary['num_detections']} detections (20 best per image), "
         f"{summary['num_keypoints']} keypoints.</p>",
+        f'<p id="convention-used">Convention: <b>{html.escape(summary["convention"]["name"])}</b> '
+        f'(area range [{area[0]:g}, {area[1]:g}] px²; <a href="#convention">differences</a>).</p>',
         _table(
             ["AP (OKS .50:.95)", "AP50", "AP75", "AR"],
             [[ev["ap"], ev["ap50"], ev["ap75"], ev["recall"]]],
@@ -221,7 +299,29 @@ def _sections(summary: dict, files: dict[str, Any]) -> list[str]:
         _figure(files["plots"]["progressive_oks50"], "PR at OKS 0.5 after each correction"),
         _figure(files["plots"]["progressive_mean"], "PR averaged over OKS 0.50:0.95 after each correction"),
         _figure(files["plots"]["gains"], "AP gain per correction step"),
+        _figure(
+            files["plots"]["isolated_gains"], "AP gain of each error type alone and in the cumulative run"
+        ),
+        '<h2 id="isolated">Each error type on its own</h2>',
+        "<p>AP after correcting one error type only, from the original detections (coco-analyze's "
+        "<code>errorsAPImpact</code>), beside its gain in the cumulative run (bar chart above).</p>",
+        _table(
+            ["error type", "AP", "AP gain", "AP50 gain", "gain in the cumulative run", "measured from"],
+            [
+                [
+                    s["label"],
+                    s["ap"],
+                    s["gain_ap"],
+                    s["gain_ap50"],
+                    cumulative[s["step"]]["gain_ap"],
+                    s["relative_to"],
+                ]
+                for s in summary["isolated"]
+            ],
+            "isolated-table",
+        ),
         _figure(files["plots"]["original_pr"], "Original PR curves"),
+        *_convention_section(summary),
     ]
     if "oracle" in summary:
         parts += _oracle_section(summary, files)
@@ -337,6 +437,7 @@ def write_report(
             summary, plots_dir / "progressive_pr_mean.png", "mean_over_oks"
         ),
         "gains": plot_gains(summary, plots_dir / "progressive_gains.png"),
+        "isolated_gains": plot_isolated_gains(summary, plots_dir / "isolated_gains.png"),
         "original_pr": plot_original_pr(summary, plots_dir / "original_pr.png"),
         "error_breakdown": plot_error_breakdown(summary, plots_dir / "error_breakdown.png"),
         "oks_loss": plot_oks_loss(summary, plots_dir / "oks_loss_share.png"),

@@ -1,8 +1,13 @@
 """The whole error analysis of one (ground truth, detections) pair, and its JSON summary.
 
-:func:`compute_analysis` runs the classification, the progressive correction, per-detection
-and per-image OKS, and lists background false positives and missed people;
-:func:`summary_dict` turns the result into the JSON written as ``summary.json``.
+:func:`compute_analysis` runs the classification, the progressive correction (cumulative and
+each error type alone), per-detection and per-image OKS, and lists background false positives
+and missed people; :func:`summary_dict` turns the result into the JSON written as ``summary.json``.
+
+The convention (:mod:`raypose.analysis.conventions`) decides the error counts, the corrections,
+the AP steps and the lists of background false positives and missed people; per-detection and
+per-image OKS and the worst-image ranking use COCO's own matching (all areas, people who count)
+in both, so the gallery shows the same images whichever convention is asked for.
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from raypose.analysis.conventions import DIFFERENCES, RAYPOSE, Convention
 from raypose.analysis.data import AnalysisInput
 from raypose.analysis.error_types import (
+    ALL_AREA,
     ERROR_TYPES,
+    GOOD_KS,
+    JITTER_KS,
     LOC_OKS_THRESHOLD,
     OKS_THRESHOLDS,
     KeypointErrors,
     best_oks,
-    classify_keypoints,
     image_oks,
     match_detections,
     matched_oks,
@@ -30,8 +38,11 @@ from raypose.analysis.error_types import (
 from raypose.analysis.progressive import (
     REC_THRESHOLDS,
     ProgressiveResult,
+    ProgressiveStep,
+    classify_input,
     progressive_correction,
 )
+from raypose.evaluation.fast import pair_oks
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +54,9 @@ class AnalysisResult:
     """Everything :func:`summary_dict` and the report need; arrays follow ``inp.data``'s order."""
 
     inp: AnalysisInput
-    errors: KeypointErrors
+    errors: KeypointErrors  # under the convention
     progressive: ProgressiveResult
+    det_matched: np.ndarray  # (N,) person who counts matched at OKS >= 0.1 (COCO's matching); -1 if none
     det_oks: np.ndarray  # (N,) OKS with the ground truth matched at OKS >= 0.1; NaN if none
     det_best_oks: np.ndarray  # (N,) highest OKS with any regular person of the image (0 if none)
     det_ignored: np.ndarray  # (N,) matched to an ignored ground truth (crowd / no keypoints)
@@ -55,16 +67,19 @@ class AnalysisResult:
     oracle: dict[str, Any] | None = field(default=None)
 
 
-def compute_analysis(inp: AnalysisInput, worst: int = DEFAULT_WORST) -> AnalysisResult:
+def compute_analysis(
+    inp: AnalysisInput, worst: int = DEFAULT_WORST, convention: Convention = RAYPOSE
+) -> AnalysisResult:
     """Run the error analysis (CPU, numpy); ``worst`` is how many images to rank worst-first."""
     data, sigmas = inp.data, inp.sigmas
-    loc = match_detections(data, sigmas, [LOC_OKS_THRESHOLD])
+    pairs = pair_oks(data, sigmas)  # every same-image pair, shared by all the steps
+    loc = match_detections(data, sigmas, [LOC_OKS_THRESHOLD], ALL_AREA, pairs)
     matched = matched_regular_gt(data, loc)
     ignored = (loc.dt_gt[0, 0] >= 0) & (matched < 0)
-    errors = classify_keypoints(data, matched, inp.schema)
-    progressive = progressive_correction(inp, errors)
+    errors = classify_input(inp, convention, pairs)
+    progressive = progressive_correction(inp, errors, convention, pairs)
     det_oks = matched_oks(data, sigmas, matched)
-    det_best, _ = best_oks(data, sigmas)
+    det_best, _ = best_oks(data, sigmas, pairs)
     per_image = image_oks(data, det_oks, matched, ignored)
     has_content = (np.bincount(data.gt_img, minlength=data.num_images) > 0) | (
         np.bincount(data.dt_img, minlength=data.num_images) > 0
@@ -73,11 +88,12 @@ def compute_analysis(inp: AnalysisInput, worst: int = DEFAULT_WORST) -> Analysis
     order = np.lexsort((inp.image_ids, per_image))
     order = order[has_content[order]][:worst]
     share, mean_ks = oks_loss_share(errors)
-    logger.info("error analysis: %s", errors.counts())
+    logger.info("error analysis (%s convention): %s", convention.name, errors.counts())
     return AnalysisResult(
         inp=inp,
         errors=errors,
         progressive=progressive,
+        det_matched=matched,
         det_oks=det_oks,
         det_best_oks=det_best,
         det_ignored=ignored,
@@ -93,20 +109,26 @@ def _num(value: float) -> float | None:
     return None if not np.isfinite(value) else round(value, 6)
 
 
+def _step_dict(step: ProgressiveStep, convention: Convention) -> dict[str, Any]:
+    return {
+        "step": convention.name_of(step.name),
+        "label": step.label,
+        "ap": _num(step.result.ap),
+        "ap50": _num(step.result.ap50),
+        "ap75": _num(step.result.ap75),
+        "recall": _num(step.result.recall),
+        "gain_ap": _num(step.gain_ap),
+        "gain_ap50": _num(step.gain_ap50),
+        "relative_to": convention.name_of(step.relative_to),
+    }
+
+
 def _progressive_dict(progressive: ProgressiveResult) -> list[dict[str, Any]]:
-    return [
-        {
-            "step": s.name,
-            "label": s.label,
-            "ap": _num(s.result.ap),
-            "ap50": _num(s.result.ap50),
-            "ap75": _num(s.result.ap75),
-            "recall": _num(s.result.recall),
-            "gain_ap": _num(s.gain_ap),
-            "gain_ap50": _num(s.gain_ap50),
-        }
-        for s in progressive.steps
-    ]
+    return [_step_dict(s, progressive.convention) for s in progressive.steps]
+
+
+def _isolated_dict(progressive: ProgressiveResult) -> list[dict[str, Any]]:
+    return [_step_dict(s, progressive.convention) for s in progressive.isolated]
 
 
 def _pr_curves(progressive: ProgressiveResult) -> dict[str, Any]:
@@ -116,15 +138,29 @@ def _pr_curves(progressive: ProgressiveResult) -> dict[str, Any]:
             mean = np.nanmean(masked, axis=0) if np.isfinite(masked).any() else np.full(p.shape[1], -1.0)
         return [round(float(v), 6) if np.isfinite(v) else -1.0 for v in mean]
 
+    name = progressive.convention.name_of
     return {
         "recall_thresholds": [round(float(r), 2) for r in REC_THRESHOLDS],
         "oks_thresholds": [round(float(t), 2) for t in OKS_THRESHOLDS],
-        "oks50": {s.name: [round(float(v), 6) for v in s.result.precision[0]] for s in progressive.steps},
-        "mean_over_oks": {s.name: mean_over_t(s.result.precision) for s in progressive.steps},
+        "oks50": {
+            name(s.name): [round(float(v), 6) for v in s.result.precision[0]] for s in progressive.steps
+        },
+        "mean_over_oks": {name(s.name): mean_over_t(s.result.precision) for s in progressive.steps},
         "original_per_oks": {
             f"{t:.2f}": [round(float(v), 6) for v in progressive.steps[0].result.precision[i]]
             for i, t in enumerate(OKS_THRESHOLDS)
         },
+    }
+
+
+def _convention_dict(convention: Convention) -> dict[str, Any]:
+    return {
+        "name": convention.name,
+        "area_range": list(convention.area_range),
+        "differences": [
+            {"item": letter, "what": what, "raypose": ours, "coco-analyze": theirs}
+            for letter, what, ours, theirs in DIFFERENCES
+        ],
     }
 
 
@@ -139,7 +175,7 @@ def background_fp_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "detection_index": int(inp.dt_file_index[n]),
             "score": _num(data.dt_scores[n]),
             "best_oks": _num(result.det_best_oks[n]),
-            "matched_at_0.1": bool(result.errors.matched_gt[n] >= 0),
+            "matched_at_0.1": bool(result.det_matched[n] >= 0),
         }
         for n in idx
     ]
@@ -164,7 +200,7 @@ def false_negative_rows(result: AnalysisResult) -> list[dict[str, Any]]:
 def per_detection_rows(result: AnalysisResult) -> list[dict[str, Any]]:
     """One row per kept detection: image, file position, score, OKS, matched ground truth."""
     inp, data = result.inp, result.inp.data
-    matched = result.errors.matched_gt
+    matched = result.det_matched
     return [
         {
             "image_id": int(inp.image_ids[data.dt_img[n]]),
@@ -193,7 +229,8 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
         "num_images": int(data.num_images),
         "num_people": int(np.count_nonzero(~data.gt_ignore)),
         "num_detections": int(len(data.dt_img)),
-        "thresholds": {"good_ks": 0.85, "jitter_ks": 0.5, "localisation_oks": LOC_OKS_THRESHOLD},
+        "convention": _convention_dict(result.progressive.convention),
+        "thresholds": {"good_ks": GOOD_KS, "jitter_ks": JITTER_KS, "localisation_oks": LOC_OKS_THRESHOLD},
         "evaluation": _progressive_dict(result.progressive)[0],
         "errors": counts,
         "error_fractions": {k: (_num(v / max(sum(counts.values()), 1))) for k, v in counts.items()},
@@ -201,6 +238,8 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
         "oks_loss_share": {n: _num(v) for n, v in zip(names, result.oks_loss_share)},
         "mean_ks": {n: _num(v) for n, v in zip(names, result.mean_ks)},
         "progressive": _progressive_dict(result.progressive),
+        "isolated": _isolated_dict(result.progressive),
+        "background_per_threshold": result.progressive.background_per_threshold,
         "pr_curves": _pr_curves(result.progressive),
         "worst": [int(inp.image_ids[i]) for i in result.worst],
         "worst_images": [

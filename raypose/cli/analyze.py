@@ -9,6 +9,7 @@ from raypose.errors import ConfigError, InputError
 from raypose.io import check_output_dir
 
 if TYPE_CHECKING:
+    from raypose.analysis.conventions import Convention
     from raypose.analysis.data import AnalysisInput
 
 
@@ -21,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Error analysis as Ronchi and Perona (ICCV 2017) define it: classify every keypoint of every "
             "matched detection as good, jitter, inversion, swap or miss; measure the AP gained by correcting "
             "each error type cumulatively (then optimal rescoring, background false positives, false "
-            "negatives); rank images by OKS and render the worst. Writes DIR/summary.json, "
-            "DIR/per_detection.json and DIR/report.html (opens from disk, no server)."
+            "negatives), and each error type on its own; rank images by OKS and render the worst. Writes "
+            "DIR/summary.json, DIR/per_detection.json and DIR/report.html (opens from disk, no server). "
+            "--convention coco-analyze reproduces the numbers of coco-analyze, the paper's own code."
         ),
     )
     p.add_argument("gt", metavar="GT.json", help="COCO keypoint ground-truth file (17 or 23 keypoints)")
@@ -49,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="background false positives and missed people to render (default 50 each; all are listed in JSON)",
     )
     p.add_argument(
+        "--convention",
+        default="raypose",
+        metavar="NAME",
+        help="raypose (default: COCO's area range, corrections land on their target ks, one-to-one optimal "
+        "score, background = matched at no OKS threshold) or coco-analyze (its numbers exactly: area >= 32^2, "
+        "its corrections, max-OKS + soft-NMS score, background per OKS threshold); README lists the differences",
+    )
+    p.add_argument(
         "--device", default="auto", help="device for --checkpoint: auto (cuda if available), cpu, cuda[:N]"
     )
     p.add_argument(
@@ -58,18 +68,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    from raypose.analysis.conventions import convention_for
     from raypose.analysis.data import load_analysis_input
     from raypose.analysis.report import write_report
     from raypose.analysis.summary import compute_analysis
 
+    convention = convention_for(args.convention)  # ConfigError naming the valid ones
     check_output_dir(args.out)
     if args.worst < 0 or args.max_listed < 0:
         raise ConfigError("--worst and --max-listed must be >= 0")
     if args.checkpoint and not args.images:
         raise ConfigError("--checkpoint runs the model on the images, so it needs --images IMAGES")
     inp = load_analysis_input(args.gt, args.dets)
-    require_detections_and_people(inp)
-    result = compute_analysis(inp, worst=args.worst)
+    require_detections_and_people(inp, convention)
+    result = compute_analysis(inp, worst=args.worst, convention=convention)
     if args.checkpoint:
         from raypose.analysis.oracle import oracle_study
 
@@ -82,9 +94,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def require_detections_and_people(inp: AnalysisInput) -> None:
+def require_detections_and_people(inp: AnalysisInput, convention: Convention | None = None) -> None:
     """Raises InputError when nothing can be scored: no detection on the ground truth's images, or
-    no ground-truth person who counts (pycocotools would report AP -1 and the gains NaN)."""
+    no ground-truth person who counts (pycocotools would report AP -1 and the gains NaN), in the
+    convention's area range when one is given."""
     if len(inp.data.dt_img) == 0:
         raise InputError(
             f"{inp.dt_source}: no detections on the images of {inp.gt_source}, so there is nothing to analyse "
@@ -95,18 +108,31 @@ def require_detections_and_people(inp: AnalysisInput) -> None:
             f"{inp.gt_source}: no ground-truth person with labelled keypoints (all {len(inp.data.gt_ignore)} "
             "are crowd regions or have num_keypoints 0), so AP is undefined"
         )
+    low, high = convention.area_range if convention is not None else (0.0, float("inf"))
+    areas = inp.data.gt_areas[~inp.data.gt_ignore]
+    if convention is not None and not ((areas >= low) & (areas <= high)).any():
+        raise InputError(
+            f"{inp.gt_source}: no labelled person has an area in [{low:g}, {high:g}], the {convention.name} "
+            "convention's range (coco-analyze ignores people under 32^2 px^2), so AP is undefined; "
+            "use --convention raypose"
+        )
 
 
 def _print_summary(result) -> None:
     counts = result.errors.counts()
     total = max(sum(counts.values()), 1)
+    print(f"convention: {result.progressive.convention.name}")
     print(
         "keypoints of matched detections: "
         + ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in counts.items())
     )
-    print(f"{'step':<16} {'AP':>7} {'gain':>7} {'AP50':>7} {'gain':>7}")
+    print(f"{'step':<16} {'AP':>7} {'gain':>7} {'AP50':>7} {'gain':>7} {'alone':>7}")
+    alone = {s.name: s.gain_ap for s in result.progressive.isolated}
     for s in result.progressive.steps:
-        print(f"{s.label:<16} {s.result.ap:7.4f} {s.gain_ap:+7.4f} {s.result.ap50:7.4f} {s.gain_ap50:+7.4f}")
+        extra = f" {alone[s.name]:+7.4f}" if s.name in alone else ""
+        print(
+            f"{s.label:<16} {s.result.ap:7.4f} {s.gain_ap:+7.4f} {s.result.ap50:7.4f} {s.gain_ap50:+7.4f}{extra}"
+        )
     if result.oracle:
         o = result.oracle
         print(

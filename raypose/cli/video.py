@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from raypose.cli.evaluate import add_inference_flags, inference_options
 from raypose.io import check_output_dir, check_output_file
 
 SMOOTH_HELP = {
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="frames per forward pass (default 4)")
     p.add_argument("--score-thresh", type=float, default=0.5, help="ignore detections scoring below this (default 0.5)")
     p.add_argument("--max-frames", type=int, default=None, help="process only the first N frames")
+    add_inference_flags(p)
     t = p.add_argument_group("tracking")
     t.add_argument("--match", choices=["oks", "iou"], default="oks", help="similarity for matching (default oks)")
     t.add_argument("--min-similarity", type=float, default=0.2, help="smallest OKS/IoU accepted as a match (default 0.2)")
@@ -117,6 +119,7 @@ def video_command(args: argparse.Namespace) -> int:
         plot_keypoints=tuple(n.strip() for n in args.plot_keypoints.split(",") if n.strip()),
         plot_tracks=args.plot_tracks,
         render=not args.no_render,
+        inference=inference_options(args),
     )
     result = run_video(args.input, config)
     print(f"{result.frames} frames, {result.num_tracks} tracks, {result.detect_fps:.2f} frames/s (decode+detect+track)")

@@ -58,7 +58,7 @@ def check_synthetic_settings(data: DataConfig) -> None:
     Raises:
         InputError: the set was drawn differently; the message names the settings and the fix.
     """
-    from raypose.data.synth import MANIFEST, read_manifest
+    from raypose.data.synth import MANIFEST, SYNTH_VERSION, read_manifest
 
     found = read_manifest(data.root)
     wanted = data.synth.model_dump(mode="json")
@@ -66,6 +66,12 @@ def check_synthetic_settings(data: DataConfig) -> None:
         log.warning("%s has no %s: the settings of this synthetic set are unknown (made by an older raypose?); "
                     "remove the folder to generate it as data.synth says", data.root, MANIFEST)
         return
+    if found.get("version", 1) != SYNTH_VERSION:
+        raise InputError(
+            f"{data.root} holds a synthetic data set drawn by another raypose (generator version "
+            f"{found.get('version', 1)}, this one draws version {SYNTH_VERSION}): remove that folder to "
+            "generate it anew, or set data.root to another folder"
+        )
     changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
     drawn = {k: pair for k, pair in changed.items() if k not in SYNTH_COUNTS}
     if drawn:

@@ -3,8 +3,11 @@
 COCO cannot be downloaded here, so the quickstart and the tests train on drawn figures instead:
 articulated stick people (head with eyes, nose and ears; torso; arms; legs; feet with heel and
 two toes) in random poses and sizes, several per image, overlapping, partly outside the frame,
-sometimes behind an occluder, on smooth textured backgrounds. The person's left limbs are warm
-(red/orange), right limbs cool (blue/cyan): that is the cue which makes left and right learnable.
+sometimes behind an occluder, on smooth textured backgrounds. Every figure faces the viewer, so its
+left side is on the image's right: that geometry is what makes left and right learnable, and it
+survives a horizontal flip (a mirrored front view is a front view with its labels swapped). The two
+sides' limbs differ in shade, but which side gets which shade is random, so colour says nothing
+about left and right (a colour cue would contradict every flipped training image).
 
 The files use exactly the source layouts, so the pipeline always runs the real merge::
 
@@ -41,8 +44,8 @@ _SPLIT_CODE = {"train": 1, "val": 2}
 _IMAGE_ID_BASE = {"train": 1, "val": 500_001}
 MIN_LABELLED_HEIGHT = 28  # figures smaller than this are left unlabelled, like COCO's tiny people
 FOOT_FRACTION = 0.75  # share of labelled people that also get a CMU foot annotation
-LEFT_COLOR = np.array([215, 55, 40])
-RIGHT_COLOR = np.array([40, 90, 220])
+LIMB_COLORS = np.array([[215, 55, 40], [40, 90, 220], [225, 140, 30], [40, 170, 190], [150, 70, 190]])
+SYNTH_VERSION = 2  # bumped whenever the same settings draw different images; older sets are refused
 K = COCO23.num_keypoints
 _KP = {name: i for i, name in enumerate(COCO23.names)}
 
@@ -200,9 +203,12 @@ def _draw_figure(
     joint_r = max(1.0, 0.022 * h)
     skin = _jitter_color(rng, np.array([205, 160, 125]), 30)
     shirt = _jitter_color(rng, rng.integers(60, 200, 3), 0)
-    sides = {"left": LEFT_COLOR, "right": RIGHT_COLOR}
+    base = LIMB_COLORS[rng.integers(len(LIMB_COLORS))].astype(float)
+    shades = [base, np.clip(base * 0.65 + 70, 0, 255)]  # the same hue, one side lighter
+    light_side = int(rng.integers(2))  # random: the shade is no left/right cue
     colors = {
-        side: (_jitter_color(rng, base), _jitter_color(rng, base * 0.7)) for side, base in sides.items()
+        side: (_jitter_color(rng, shades[i ^ light_side]), _jitter_color(rng, shades[i ^ light_side] * 0.7))
+        for i, side in enumerate(("left", "right"))
     }
 
     def line(a: str, b: str, color, w: int = width) -> None:
@@ -260,7 +266,7 @@ def _background(rng: np.random.Generator, width: int, height: int, clutter: floa
     """Smooth low-contrast noise plus a few muted shapes: textured, but not louder than the figures."""
     base = rng.uniform(90, 190, 3)
     grid = (max(2, height // 24), max(2, width // 24))
-    # Mostly brightness texture with a little colour, so the red/blue limb cue stays distinctive.
+    # Mostly brightness texture with a little colour, so the coloured limbs stand out.
     coarse = rng.normal(0, 18, (*grid, 1)) + rng.normal(0, 7, (*grid, 3))
     coarse_img = Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8)).resize(
         (width, height), Image.BICUBIC
@@ -470,7 +476,7 @@ def generate_synthetic_dataset(
         _write_split_files(layout.root, split, images, annotations, foot_ids)
         layout.num_images[split] = len(images)
         layout.num_people[split] = len(annotations)
-    settings = {"train": num_train, "val": num_val, "seed": seed, **asdict(style)}
+    settings = {"version": SYNTH_VERSION, "train": num_train, "val": num_val, "seed": seed, **asdict(style)}
     write_json_atomic(layout.root / MANIFEST, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
     return layout
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raypose.errors import ConfigError
+from raypose.inference_options import InferenceOptions
 from raypose.model import ModelConfig
 
 
@@ -152,6 +153,11 @@ class TrainConfig(_Strict):
     foot_sigmas: Literal["raypose", "wholebody"] = Field(
         default="raypose", description="the sigmas foot_ap scores the 6 foot points with: raypose's (0.062 each, "
         "as in oks_map) or COCO-WholeBody's (comparable with WholeBody foot AP)",
+    )
+    inference: InferenceOptions = Field(
+        default_factory=InferenceOptions,
+        description="inference options of every evaluation this config runs (flip_test, rescore, oks_nms, "
+        "keypoint_probs; all off: stock KeypointRCNN); a study's final stage measures each on its own",
     )
     keep_checkpoints: int = Field(default=2, gt=0)
     checkpoint_upload: Literal["async", "sync"] = Field(

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from raypose.errors import TrainingError
+from raypose.inference_options import InferenceOptions, refined_detections
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,12 @@ def _optimizer_step(
     optimizer.zero_grad(set_to_none=True)
 
 
-def detect(model: nn.Module, images: list[torch.Tensor], autocast_dtype: torch.dtype | None = None) -> list[dict]:
+def detect(
+    model: nn.Module,
+    images: list[torch.Tensor],
+    autocast_dtype: torch.dtype | None = None,
+    options: InferenceOptions | None = None,
+) -> list[dict]:
     """Eval-mode detections of a torchvision detection model, decoded in float32.
 
     With ``autocast_dtype`` only the backbone (ResNet + FPN, most of the compute) runs under
@@ -321,6 +327,7 @@ def detect(model: nn.Module, images: list[torch.Tensor], autocast_dtype: torch.d
 
     Args:
         images: (3, H, W) float tensors in [0, 1], on the model's device.
+        options: inference options (:mod:`raypose.inference_options`); None or all off: stock.
 
     Returns:
         Per image: ``boxes`` (N, 4) xyxy, ``labels`` (N,), ``scores`` (N,), ``keypoints``
@@ -330,10 +337,16 @@ def detect(model: nn.Module, images: list[torch.Tensor], autocast_dtype: torch.d
         return model(images)
     original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     batch, _ = model.transform(images)
-    with _autocast(batch.tensors.device.type, autocast_dtype):
-        features = model.backbone(batch.tensors)
-    features = OrderedDict((name, f.float()) for name, f in features.items())
+
+    def backbone(tensors: torch.Tensor) -> OrderedDict:
+        with _autocast(tensors.device.type, autocast_dtype):
+            features = model.backbone(tensors)
+        return OrderedDict((name, f.float()) for name, f in features.items())
+
+    features = backbone(batch.tensors)
     proposals, _ = model.rpn(batch, features)
+    if options is not None and not options.stock:
+        return refined_detections(model, images, batch, features, proposals, options, backbone)
     detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
     return model.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
@@ -346,6 +359,7 @@ def predict_loader(
     amp: bool = False,
     on_batch: Callable[[int], None] | None = None,
     amp_dtype: torch.dtype = torch.float16,
+    options: InferenceOptions | None = None,
 ) -> tuple[list[dict], list[int]]:
     """Eval-mode predictions for every image of ``loader`` (batches of ``(images, targets)``).
 
@@ -364,7 +378,7 @@ def predict_loader(
     outputs, image_ids = [], []
     for i, (images, targets) in enumerate(loader):
         images = [im.to(device, non_blocking=True) for im in images]
-        batch_out = detect(model, images, autocast_dtype)
+        batch_out = detect(model, images, autocast_dtype, options)
         for out, target in zip(batch_out, targets):
             outputs.append({k: v.float().cpu() for k, v in out.items() if k != "labels"})
             image_ids.append(int(target["image_id"]))

@@ -142,7 +142,7 @@ def evaluate_distributed(model, val, config: TrainConfig, session: Session) -> d
     shard = Subset(val, range(session.world_rank, len(val), session.world_size))
     loader = DataLoader(shard, batch_size=config.eval_batch_size, collate_fn=collate_fn, num_workers=0)
     net = model.module if isinstance(model, DistributedDataParallel) else model
-    outputs, ids = predict_loader(net, loader, session.device, amp=config.amp)
+    outputs, ids = predict_loader(net, loader, session.device, amp=config.amp, options=config.inference)
     parts = [outputs_to_arrays(outputs, ids)]
     if session.world_size > 1:
         gathered: list | None = [None] * session.world_size if session.world_rank == 0 else None

@@ -145,6 +145,11 @@ class TuneSettings(BaseModel):
     )
     worst: int = Field(default=100, ge=1, description="worst images rendered by the final error analysis")
     final_analysis: bool = True
+    inference_options: bool = Field(
+        default=True, description="the final stage measures each inference option (flip test, rescoring, OKS-NMS, "
+        "keypoint probabilities) alone and all together on the search's validation images, keeps the set that "
+        "scores best there (stock on a tie), and reports every one on the held-out images",
+    )
 
 
 class SearchSpace(BaseModel):

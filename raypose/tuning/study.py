@@ -124,7 +124,7 @@ def final_stage_into(space: SearchSpace, best: TrialResult, baseline: TrialResul
         summary = final_stage(
             best, baseline, space.trial_config(best.params, name=f"{space.name}-best"), Path(tmp), trials,
             analyze=space.tune.final_analysis, worst=space.tune.worst, search=space.search,
-            checkpoint_bytes=checkpoint_bytes,
+            checkpoint_bytes=checkpoint_bytes, inference_options=space.tune.inference_options,
         )
         if parent_ref is not None:
             from raypose.experiment_log import MlflowRun
@@ -200,7 +200,8 @@ def _log_summary(parent, summary: dict[str, Any], best: TrialResult, best_dir: P
         "gain_over_baseline": summary["gain_over_baseline"] or 0.0,
         "trial_epochs_saved": summary["trial_epochs_saved"],
     }, step=0)
-    parent.set_tags({"raypose.best_trial": best.trial_id, "mlflow.note.content": summary["sentence"]})
+    parent.set_tags({"raypose.best_trial": best.trial_id, "mlflow.note.content": summary["sentence"],
+                     "raypose.inference": summary.get("inference", "stock")})
     for plot in ("trial_curves.png", "importances.png"):  # at the top of the run's artifacts, to see first
         if (best_dir / plot).is_file():
             parent.log_artifact(best_dir / plot)

@@ -10,7 +10,9 @@ Outputs in ``out_dir``:
 * ``summary.json``: counts and timings.
 
 Keypoint scores: torchvision's KeypointRCNN scores each keypoint with the peak logit of its
-heatmap (unbounded); tracks.json stores ``sigmoid(logit)`` so every score is in [0, 1].
+heatmap (unbounded); tracks.json stores ``sigmoid(logit)`` so every score is in [0, 1], or, with
+the ``keypoint_probs`` inference option, the spatial-softmax probability of the peak
+(:mod:`raypose.inference_options`), which the smoothing's and tracker's thresholds then filter on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from raypose.errors import ConfigError
+from raypose.inference_options import InferenceOptions
 from raypose.io import write_json_atomic
 from raypose.video.io import probe_video, read_frames, write_video
 from raypose.video.render import overlay_frames, plot_keypoint_series
@@ -48,6 +51,7 @@ class VideoRunConfig:
         plot_keypoints: keypoint names to plot before/after smoothing.
         plot_tracks: plot the this many longest tracks.
         render: write overlay.mp4.
+        inference: inference options of the detector (flip test, OKS-NMS, keypoint probabilities...).
     """
 
     checkpoint: Path
@@ -61,6 +65,7 @@ class VideoRunConfig:
     plot_keypoints: tuple[str, ...] = ("right_knee",)
     plot_tracks: int = 3
     render: bool = True
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -90,13 +95,15 @@ class VideoResult:
 
 
 def detect_frames(
-    model, frames: Iterable[np.ndarray], device, batch_size: int, score_thresh: float
+    model, frames: Iterable[np.ndarray], device, batch_size: int, score_thresh: float,
+    options: InferenceOptions | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Run the model on frames (H, W, 3) uint8 RGB in batches.
+    """Run the model on frames (H, W, 3) uint8 RGB in batches, with inference ``options``.
 
     Yields:
-        Per frame, in order: ``keypoints`` (N, K, 3) as (x, y, sigmoid(keypoint logit)) and
-        ``boxes`` (N, 4) xyxy, for detections scoring at least ``score_thresh``.
+        Per frame, in order: ``keypoints`` (N, K, 3) as (x, y, score) and ``boxes`` (N, 4) xyxy,
+        for detections scoring at least ``score_thresh``. The score is sigmoid(keypoint logit),
+        or the keypoint's probability with ``options.keypoint_probs``.
     """
     import torch
 
@@ -104,10 +111,11 @@ def detect_frames(
 
     for batch in batched(frames, batch_size):
         tensors = [torch.from_numpy(f).permute(2, 0, 1).float().div_(255.0) for f in batch]
-        for out in predict_images(model, tensors, device, batch_size):
+        for out in predict_images(model, tensors, device, batch_size, options):
             keep = out["scores"] >= score_thresh
             kps = out["keypoints"][keep].astype(np.float64)
-            kps[..., 2] = 1.0 / (1.0 + np.exp(-out["keypoints_scores"][keep].astype(np.float64)))
+            scores = out["keypoints_scores"][keep].astype(np.float64)
+            kps[..., 2] = scores if options is not None and options.keypoint_probs else 1.0 / (1.0 + np.exp(-scores))
             yield kps, out["boxes"][keep].astype(np.float64)
 
 
@@ -147,7 +155,7 @@ def run_video(input_path: str | Path, config: VideoRunConfig) -> VideoResult:
     tracker = Tracker(schema.sigmas, config.tracker)
     frames = read_frames(input_path, config.max_frames)
     count = 0
-    for count, (kps, boxes) in enumerate(detect_frames(model, frames, device, config.batch_size, config.score_thresh), 1):
+    for count, (kps, boxes) in enumerate(detect_frames(model, frames, device, config.batch_size, config.score_thresh, config.inference), 1):
         tracker.update(count - 1, kps, boxes)
         if count % 50 == 0:
             log.info("frame %d%s: %.1f frames/s", count, f"/{info.num_frames}" if info.num_frames else "",

@@ -10,14 +10,14 @@ import pytest
 from raypose.analysis.data import analysis_input_from_dicts
 from raypose.analysis.progressive import (
     KEYPOINT_STEPS,
-    _image_optimal_scores,
     classify_input,
     correction_stages,
     evaluate_category,
-    optimal_scores,
     progressive_correction,
 )
+from raypose.analysis.rescoring import image_one_to_one_scores, one_to_one_scores
 from raypose.evaluation.cocoeval import evaluate_keypoints
+from raypose.evaluation.fast import pair_oks
 from raypose.schema import schema_for
 from tests.analysis.test_error_types import coco, det, gt_ann, ks_offset, make_scene, template
 
@@ -77,10 +77,11 @@ def test_every_stage_matches_pycocotools(num_kpts, seed):
     gt, dets = random_case(num_kpts, seed)
     inp = analysis_input_from_dicts(gt, dets)
     stages = correction_stages(inp, classify_input(inp))
-    assert [name for name, _ in stages] == STEP_NAMES
+    assert [s.name for s in stages] == STEP_NAMES
     aps = []
-    for name, stage in stages:
+    for name, stage, run in ((s.name, s.data, s.result) for s in stages):
         mine = evaluate_category(stage, inp.sigmas)
+        assert (run.ap, run.ap50) == (mine.ap, mine.ap50), name  # the run's reused OKS pairs change nothing
         stage_gt, stage_dets = stage_as_coco(inp, stage, gt)
         ref = evaluate_keypoints(stage_gt, stage_dets, per_keypoint=False, fast=False).stats
         assert mine.ap == ref["AP"], name
@@ -138,7 +139,7 @@ def test_optimal_rescoring_puts_the_best_detection_first():
     rough[:, 0] += [ks_offset(0.6, s) for s in schema.sigmas]  # OKS 0.6
     gt = coco(num_kpts, [(1, 800, 600)], [gt_ann(1, 1, a)])
     inp = analysis_input_from_dicts(gt, [det(1, rough, 0.9), det(1, a.copy(), 0.2)])
-    scores = optimal_scores(inp.data, inp.sigmas)
+    scores = one_to_one_scores(inp.data, pair_oks(inp.data, inp.sigmas))
     assert scores == pytest.approx([0.0, 1.0])  # detections in score order: rough, exact
     result = progressive_correction(inp)
     by_name = {s.name: s.result for s in result.steps}
@@ -148,7 +149,7 @@ def test_optimal_rescoring_puts_the_best_detection_first():
 
 def test_rescoring_with_ignored_people_stays_below_assigned_scores():
     oks = np.array([[0.9, 0.3], [0.2, 0.8], [0.1, 0.6]])
-    scores = _image_optimal_scores(oks, np.array([False, True]))
+    scores = image_one_to_one_scores(oks, np.array([False, True]))
     assert scores[0] == 0.9
     assert scores[1] == pytest.approx(0.8 * 0.9)
     assert scores[2] == pytest.approx(0.6 * 0.9)

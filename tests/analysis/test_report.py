@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from raypose.analysis.conventions import COCO_ANALYZE
 from raypose.analysis.data import analysis_input_from_dicts
-from raypose.analysis.report import write_report
+from raypose.analysis.report import isolated_gain_lines, write_report
 from raypose.analysis.summary import compute_analysis
 from tests.analysis.test_error_types import make_scene
 
@@ -95,6 +96,66 @@ def test_summary_holds_the_required_fields(scene_report):
     per_det = json.loads(paths["per_detection"].read_text())
     assert [d["matched_annotation_id"] for d in per_det] == [10, 11, None]
     assert per_det[1]["oks"] == pytest.approx(1.0)
+    assert summary["convention"]["name"] == "raypose"
+    assert [d["item"] for d in summary["convention"]["differences"]] == list("abcdef")
+
+
+def test_summary_gives_each_error_type_alone(scene_report):
+    _, paths, _ = scene_report
+    summary = json.loads(paths["summary"].read_text())
+    alone = {s["step"]: s for s in summary["isolated"]}
+    cumulative = {s["step"]: s for s in summary["progressive"]}
+    assert list(alone) == ["miss", "swap", "inversion", "jitter", "score", "background_fp", "false_negative"]
+    original = summary["progressive"][0]["ap"]
+    for step in alone.values():
+        assert step["relative_to"] == "original"
+        assert step["gain_ap"] == pytest.approx(step["ap"] - original, abs=2e-6)
+    # the miss step is the first of the cumulative run: alone or not, the same gain
+    assert alone["miss"]["gain_ap"] == cumulative["miss"]["gain_ap"] > 0
+    # ignoring the never-detected person C lifts recall of the original detections too
+    assert alone["false_negative"]["gain_ap"] > 0
+
+
+def test_isolated_gain_lines_are_a_markdown_table(scene_report):
+    _, paths, _ = scene_report
+    summary = json.loads(paths["summary"].read_text())
+    lines = isolated_gain_lines(summary)
+    assert lines[0].startswith("AP gain of each error type corrected on its own (raypose convention")
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0].startswith("| error type | AP gain alone |") and set(table[1]) <= set("|-:")
+    assert len(table) == 2 + 7
+    miss = next(row for row in table if row.startswith("| Miss |"))
+    cells = [c.strip() for c in miss.strip("|").split("|")]
+    gain = summary["isolated"][0]["gain_ap"]
+    assert cells[1] == f"{gain:+.4f}" and cells[3] == f"{summary['progressive'][1]['gain_ap']:+.4f}"
+    assert cells[4] == "original"
+
+
+def test_coco_analyze_report_uses_its_names_and_says_so(tmp_path):
+    gt, dets, _ = make_scene(17)
+    result = compute_analysis(
+        analysis_input_from_dicts(gt, dets, "gt.json", "dets.json"), convention=COCO_ANALYZE
+    )
+    paths = write_report(result, tmp_path, max_listed=2)
+    summary = json.loads(paths["summary"].read_text())
+    assert [s["step"] for s in summary["progressive"]] == [
+        "baseline", "miss", "swap", "inversion", "jitter", "score", "bckgd_false_pos", "false_neg",
+    ]  # fmt: skip
+    assert [s["label"] for s in summary["progressive"]][-2:] == ["w/o Bkg. FP", "w/o FN"]
+    assert summary["isolated"][-1]["relative_to"] == "bckgd_false_pos"
+    assert summary["convention"] == {
+        **summary["convention"],
+        "name": "coco-analyze",
+        "area_range": [1024.0, 1e10],
+    }
+    assert set(summary["pr_curves"]["oks50"]) == {s["step"] for s in summary["progressive"]}
+    page = paths["report"].read_text()
+    assert "Convention: <b>coco-analyze</b>" in page and 'id="convention-table"' in page
+    assert "coco-analyze (this report)" in page and 'id="isolated-table"' in page
+    assert (tmp_path / summary["files"]["plots"]["isolated_gains"]).is_file()
+    assert isolated_gain_lines(summary)[0].startswith(
+        "AP gain of each error type corrected on its own (coco-analyze"
+    )
 
 
 def test_gallery_draws_ground_truth_and_predictions(scene_report):
@@ -124,12 +185,14 @@ def test_report_renders_in_headless_chromium(scene_report, tmp_path):
         "background-fp",
         "false-negatives",
         "progressive-table",
+        "isolated-table",
+        "convention-table",
     ):
         assert f'id="{section}"' in dom
     loaded = re.search(r'id="images-loaded">(\d+)<', dom)
     total = re.search(r'id="images-total">(\d+)<', dom)
     assert loaded and total, "the page script did not run"
-    assert int(total.group(1)) >= 7 + 2  # plots + gallery
+    assert int(total.group(1)) >= 8 + 2  # plots + gallery
     assert loaded.group(1) == total.group(1)
 
 

@@ -33,7 +33,45 @@ def test_analyze_writes_summary_and_report(tmp_path, capsys):
     assert (out / "report.html").is_file()
     assert len(list((out / "gallery").glob("worst_*.png"))) == 1
     printed = capsys.readouterr().out
-    assert "Optimal score" in printed and "swap 2" in printed
+    assert "Optimal score" in printed and "swap 2" in printed and "convention: raypose" in printed
+    assert summary["convention"]["name"] == "raypose" and len(summary["isolated"]) == 7
+
+
+def test_analyze_with_the_coco_analyze_convention(tmp_path, capsys):
+    gt, dets, _ = make_scene(17)
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    out = tmp_path / "out"
+    args = ["analyze", str(gt_path), str(dets_path), "--out", str(out), "--worst", "1"]
+    assert main([*args, "--convention", "coco-analyze"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["convention"]["name"] == "coco-analyze"
+    assert (
+        summary["progressive"][0]["step"] == "baseline" and summary["progressive"][-1]["step"] == "false_neg"
+    )
+    assert len(summary["isolated"]) == 7
+    printed = capsys.readouterr().out
+    assert "convention: coco-analyze" in printed and "w/o Bkg. FP" in printed and "alone" in printed
+    assert "Convention: <b>coco-analyze</b>" in (out / "report.html").read_text()
+
+
+def test_unknown_convention_is_refused_before_reading_files(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["analyze", "missing.json", "missing.json", "--out", str(out), "--convention", "paper"])
+    assert code == 2
+    assert "unknown analysis convention 'paper'; valid: raypose, coco-analyze" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_coco_analyze_convention_needs_a_person_of_32_squared(tmp_path, capsys):
+    gt, dets, _ = make_scene(17)
+    for ann in gt["annotations"]:
+        ann["area"] = 1000.0  # under 32^2: coco-analyze ignores them all
+    gt_path, dets_path = write_files(tmp_path, gt, dets)
+    args = ["analyze", str(gt_path), str(dets_path), "--out", str(tmp_path / "o")]
+    assert main([*args, "--convention", "coco-analyze"]) == 2
+    err = capsys.readouterr().err
+    assert "gt.json: no labelled person has an area in [1024, 1e+10]" in err and "--convention raypose" in err
+    assert main(args) == 0  # COCO's range counts them
 
 
 def test_checkpoint_needs_images(tmp_path, capsys):

@@ -59,6 +59,15 @@ def test_video_end_to_end(tiny_checkpoint, synth_mp4, tmp_path, capsys):
     ]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 6 and summary["device"] == "cpu"
+    sigmoid_scores = np.concatenate([t.keypoints[..., 2].ravel() for t in raw.tracks])
+
+    probs = tmp_path / "probs"
+    assert main(["video", str(synth_mp4), "--checkpoint", str(tiny_checkpoint), "--out", str(probs), "--device", "cpu",
+                 "--score-thresh", "0.0", "--min-track-length", "1", "--max-frames", "6", "--no-render",
+                 "--keypoint-probs"]) == 0
+    prob_scores = np.concatenate([t.keypoints[..., 2].ravel() for t in load_tracks(probs / "tracks.json").tracks])
+    # an untrained head's sigmoid(peak logit) sits near 0.5; its softmax probability is one bin's share of 56 x 56
+    assert np.median(sigmoid_scores) > 0.4 and np.median(prob_scores) < 0.01 and prob_scores.min() > 0
 
 
 def test_video_rejects_unreadable_input(tiny_checkpoint, tmp_path, capsys):

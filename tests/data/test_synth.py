@@ -49,24 +49,42 @@ def test_merged_annotations_are_consistent_with_the_images(synth_data):
         assert (kps[..., 2] == 2).any() and (kps[:, 17:, 2] > 0).any()
 
 
-def test_limb_colours_mark_left_and_right(synth_data):
-    """Visible wrists/elbows/knees/ankles sit on red (person's left) or blue (right) joint dots."""
-    ann = load_keypoint_annotations(synth_data.train_ann)
-    correct = total = 0
+def test_left_and_right_are_told_by_geometry_that_survives_a_flip_not_by_colour(tmp_path):
+    """Every figure faces the viewer: its left shoulder and hip are on the image's right, in the
+    drawn images and in their mirrored training copies alike; which side wears the lighter shade
+    is random, so colour cannot contradict the flipped labels."""
+    import torch
+
+    from raypose.data.transforms import RandomHorizontalFlip
+
+    layout = generate_synthetic_dataset(tmp_path, 40, 0, seed=5)
+    ann = load_keypoint_annotations(prepare_dataset(tmp_path)["train"])
+    flip = RandomHorizontalFlip(COCO23, p=1.0)
+    facing = flipped_facing = total = 0
+    differences = []  # left knee's colour minus right knee's, per figure
     for i, name in enumerate(ann.file_names):
-        pixels = np.asarray(Image.open(synth_data.train_images / name).convert("RGB"), dtype=int)
-        for p in range(*ann.people_of(i).indices(ann.num_people)):
-            if ann.boxes_xywh[p, 3] < 80:
-                continue
-            for joint in ("elbow", "wrist", "knee", "ankle"):
-                for side, sign in (("left", 1), ("right", -1)):
-                    x, y, v = ann.keypoints[p, COCO23.index(f"{side}_{joint}")]
-                    if v == 2:
-                        r, _, b = pixels[int(y), int(x)]
-                        correct += sign * (r - b) > 0
-                        total += 1
-    assert total >= 10
-    assert correct / total > 0.85
+        pixels = np.asarray(Image.open(layout.images("train") / name).convert("RGB"), dtype=int)
+        people = range(*ann.people_of(i).indices(ann.num_people))
+        kps = torch.as_tensor(ann.keypoints[people.start:people.stop], dtype=torch.float32)
+        image = torch.zeros(3, ann.heights[i], ann.widths[i])
+        _, mirrored = flip(image, {"boxes": torch.zeros(len(kps), 4), "keypoints": kps.clone()})
+        for row, p in enumerate(people):
+            for joint in ("shoulder", "hip"):
+                left, right = kps[row, COCO23.index(f"left_{joint}")], kps[row, COCO23.index(f"right_{joint}")]
+                m_left = mirrored["keypoints"][row, COCO23.index(f"left_{joint}")]
+                m_right = mirrored["keypoints"][row, COCO23.index(f"right_{joint}")]
+                if left[2] > 0 and right[2] > 0:
+                    total += 1
+                    facing += bool(left[0] > right[0])
+                    flipped_facing += bool(m_left[0] > m_right[0])
+            left, right = (ann.keypoints[p, COCO23.index(f"{s}_knee")] for s in ("left", "right"))
+            if ann.boxes_xywh[p, 3] >= 80 and left[2] == 2 and right[2] == 2:
+                differences.append(pixels[int(left[1]), int(left[0])] - pixels[int(right[1]), int(right[0])])
+    assert total >= 20
+    assert facing / total > 0.95 and flipped_facing / total > 0.95
+    assert len(differences) >= 10
+    left_redder_greener_bluer = (np.array(differences) > 0).mean(axis=0)  # a colour cue: near 0 or 1
+    assert ((left_redder_greener_bluer > 0.2) & (left_redder_greener_bluer < 0.8)).all(), left_redder_greener_bluer
 
 
 def test_generation_is_deterministic_by_seed(tmp_path):
@@ -106,7 +124,7 @@ def test_an_easier_style_draws_one_large_person_per_image(tmp_path):
         assert ann["bbox"][3] <= 0.95 * 128
     assert set(per_image.values()) == {1}
     assert max(ann["bbox"][3] for ann in coco["annotations"]) > 0.6 * 96
-    assert _load(tmp_path / "synth.json") == {"train": 0, "val": 12, "seed": 3, "image_size": [96, 128],
+    assert _load(tmp_path / "synth.json") == {"version": 2, "train": 0, "val": 12, "seed": 3, "image_size": [96, 128],
                                               "max_people": 1, "empty_fraction": 0.0, "person_height": [0.7, 0.9],
                                               "small_fraction": 0.0, "clutter": 0.0}
 
@@ -131,6 +149,10 @@ def test_a_set_drawn_with_other_settings_is_refused_other_counts_are_not(tmp_pat
     with pytest.raises(InputError, match=r"max_people 1 -> 3.*seed 0 -> 1|seed 0 -> 1.*max_people 1 -> 3") as err:
         ensure_data(other)
     assert str(tmp_path) in str(err.value) and "remove that folder" in str(err.value)
+    manifest = _load(tmp_path / "synth.json")
+    (tmp_path / "synth.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "version"}))
+    with pytest.raises(InputError, match="generator version 1, this one draws version 2"):
+        ensure_data(data)  # a set drawn by an older raypose: the same settings drew other images
     (tmp_path / "synth.json").unlink()
     with caplog.at_level("WARNING"):
         ensure_data(other)  # settings unknown: used, with a warning

@@ -33,3 +33,57 @@ def test_without_images_to_hold_out_the_report_says_the_numbers_are_the_selectio
     test = {**tiny_train_config["data"], "test_ann": str(config.data.path(config.data.val_ann))}
     given = held_out_split(validate_train_config({**tiny_train_config, "data": test}), tmp_path)
     assert given.held_out and given.description.startswith("data.test_ann")
+
+
+def test_inference_options_are_chosen_on_the_search_images_and_reported_on_the_held_out_ones(
+    tiny_train_config, tmp_path
+):
+    """Every candidate (stock, each option alone, all four) runs on both splits; the pick is the best
+    on the search's images (stock on a tie: an untrained model scores 0 with every option)."""
+    import torch
+
+    from raypose.checkpoint import save_checkpoint
+    from raypose.model import build_model
+    from raypose.tuning.final import CANDIDATES, evaluate_full_validation, inference_table_lines, search_split
+
+    config = validate_train_config({**tiny_train_config, "data": {**tiny_train_config["data"], "val_limit": 2}})
+    torch.manual_seed(0)
+    model_config = config.model.model_copy(update={"box_score_thresh": 0.0})
+    ckpt = save_checkpoint(tmp_path / "ckpt.pth", build_model(model_config).eval(), model_config, epoch=1)
+    held, search = held_out_split(config, tmp_path), search_split(config, tmp_path)
+    search_ids = {im["id"] for im in json.loads(search.ann.read_text())["images"]}
+    held_ids = {im["id"] for im in json.loads(held.ann.read_text())["images"]}
+    assert len(search_ids) == 2 and held_ids and not search_ids & held_ids
+
+    out = evaluate_full_validation(ckpt, config, tmp_path, held, search)
+    labels = [row["options"] for row in out["options_search"]]
+    assert labels == ["stock", "flip_test", "rescore", "oks_nms", "keypoint_probs",
+                      "flip_test+rescore+oks_nms+keypoint_probs"] and len(CANDIDATES) == 6
+    assert [row["options"] for row in out["options_held_out"]] == labels
+    assert all(row["s_per_image"] > 0 and "body_ap" in row for row in out["options_held_out"])
+    assert out["inference"]["flip_test"] is False and out["num_images"] == len(held_ids)
+    lines = inference_table_lines({"options_search": out["options_search"], "options_held_out": out["options_held_out"],
+                                   "inference": "stock", "validation_source": held.description})
+    assert "| stock (chosen) |" in "\n".join(lines) and sum(line.startswith("| ") for line in lines) == 7
+
+
+def test_the_pick_follows_the_search_images_not_the_held_out_ones(monkeypatch, tiny_train_config, tmp_path):
+    from types import SimpleNamespace
+
+    import raypose.tuning.final as final
+
+    config = validate_train_config(tiny_train_config)
+    search_ap = {"stock": 0.30, "flip_test": 0.34, "rescore": 0.31, "oks_nms": 0.30, "keypoint_probs": 0.30,
+                 "flip_test+rescore+oks_nms+keypoint_probs": 0.33}
+    monkeypatch.setattr(final, "predict_split", lambda model, device, cfg, split, options, what: (options.label(), 1, 0.1))
+    held_ap = dict(search_ap, rescore=0.40)  # on the held-out images another option would have won
+
+    def evaluate(ann, label, **kw):
+        return SimpleNamespace(stats={"AP": (search_ap if ann == "search.json" else held_ap)[label]}, parts={})
+
+    monkeypatch.setattr(final, "evaluate_keypoints", evaluate)
+    search = SimpleNamespace(ann="search.json")
+    options, rows = final.choose_inference_options(None, None, config, search)
+    assert options.label() == "flip_test" and [r["AP"] for r in rows] == list(search_ap.values())
+    search_ap.update({label: 0.30 for label in search_ap})  # no option beats stock: stock
+    assert final.choose_inference_options(None, None, config, search)[0].label() == "stock"

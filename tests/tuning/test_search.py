@@ -151,6 +151,8 @@ def test_interrupted_search_resumes_and_logs_trials_once(ray_local, tiny_train_c
         assert [e for e, _ in curve] == [e for e, _ in sorted(logged)]
         assert [v for _, v in curve] == pytest.approx([v for _, v in sorted(logged)], abs=1e-6)
     assert "## Which searched settings mattered" in report and "too few to rate" in report  # 2 search trials
+    assert "## Error analysis" in report and "| error type | AP gain alone |" in report  # coco-analyze's (g)
+    assert "## Inference options" not in report  # every validation image was scored: nothing to choose on
     assert 0.0 <= summary["baseline_validation"]["AP"] <= 1.0  # both recipes on the full validation set
     if summary["baseline_trial"] != summary["best_trial"]:  # else the best's evaluation is the baseline's
         assert (best / "baseline" / "detections.json").is_file()
