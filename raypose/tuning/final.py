@@ -54,9 +54,7 @@ def held_out_split(config: TrainConfig, out_dir: Path) -> HeldOut:
     if data.test_ann is not None:
         return HeldOut(data.path(data.test_ann), data.path(data.test_images or data.val_images), True,
                        f"data.test_ann ({data.test_ann}), which the search never scored")
-    val_ann, val_images = data.path(data.val_ann), data.path(data.val_images)
-    ordered = image_ids(KeypointDataset(val_ann, val_images, train=False))
-    searched = min(data.val_limit or len(ordered), len(ordered))
+    val_ann, val_images, ordered, searched = _validation_order(config)
     if searched >= len(ordered):
         log.warning("the search scored all %d validation images: the final numbers are the selection's own "
                     "(optimistic); set data.val_limit below that, or data.test_ann, to hold images out", len(ordered))
@@ -67,6 +65,15 @@ def held_out_split(config: TrainConfig, out_dir: Path) -> HeldOut:
     path = _write_subset(val_ann, keep, out_dir / "heldout_ann.json")
     return HeldOut(path, val_images, True,
                    f"the {len(keep)} validation images past data.val_limit ({searched}), which the search never scored")
+
+
+def _validation_order(config: TrainConfig) -> tuple[Path, Path, list[int], int]:
+    """The validation file and folder, its image ids in the order training reads them, and how
+    many of the first the search scores (``data.val_limit``, at most all)."""
+    data = config.data
+    val_ann, val_images = data.path(data.val_ann), data.path(data.val_images)
+    ordered = image_ids(KeypointDataset(val_ann, val_images, train=False))
+    return val_ann, val_images, ordered, min(data.val_limit or len(ordered), len(ordered))
 
 
 def _write_subset(ann: Path, keep: set[int], path: Path) -> Path:
@@ -80,10 +87,7 @@ def search_split(config: TrainConfig, out_dir: Path) -> HeldOut:
     """The validation images the search scored its trials on (the first ``data.val_limit``, in the
     order training reads them), written to ``out_dir/search_ann.json`` when that is not all of them:
     inference options are chosen here, never on the held-out images."""
-    data = config.data
-    val_ann, val_images = data.path(data.val_ann), data.path(data.val_images)
-    ordered = image_ids(KeypointDataset(val_ann, val_images, train=False))
-    searched = min(data.val_limit or len(ordered), len(ordered))
+    val_ann, val_images, ordered, searched = _validation_order(config)
     if searched >= len(ordered):
         return HeldOut(val_ann, val_images, False, f"all {len(ordered)} validation images")
     path = _write_subset(val_ann, set(ordered[:searched]), out_dir / "search_ann.json")
@@ -112,13 +116,17 @@ def options_row(options: InferenceOptions, result, seconds: float) -> dict[str, 
     return {"options": options.label(), "AP": result.stats["AP"], **result.parts, "s_per_image": seconds}
 
 
+def candidate_options(config: TrainConfig) -> list[InferenceOptions]:
+    """:data:`CANDIDATES` as options, with the config's thresholds."""
+    return [InferenceOptions.from_names(names, rescore_thresh=config.inference.rescore_thresh,
+                                        oks_nms_thresh=config.inference.oks_nms_thresh) for names in CANDIDATES]
+
+
 def choose_inference_options(model, device, config: TrainConfig, search: HeldOut) -> tuple[InferenceOptions, list]:
     """Score every candidate set of options (stock, each alone, all together) on the search's
     images; return the best-scoring set (the earliest on a tie: stock first) and the rows."""
     rows, best, best_ap = [], None, -float("inf")
-    for names in CANDIDATES:
-        options = InferenceOptions.from_names(names, rescore_thresh=config.inference.rescore_thresh,
-                                              oks_nms_thresh=config.inference.oks_nms_thresh)
+    for options in candidate_options(config):
         dets, _, seconds = predict_split(model, device, config, search, options, f"options {options.label()}")
         result = evaluate_keypoints(search.ann, dets, foot_sigmas=config.foot_sigmas)
         rows.append(options_row(options, result, seconds))
@@ -142,9 +150,7 @@ def evaluate_full_validation(
     if choose is not None:
         options, chosen_on = choose_inference_options(model, device, config, choose)
         table = []
-        for row in chosen_on:
-            candidate = InferenceOptions.from_names(row["options"].split("+"), rescore_thresh=options.rescore_thresh,
-                                                    oks_nms_thresh=options.oks_nms_thresh)
+        for candidate in candidate_options(config):
             found, num_images, seconds = predict_split(model, device, config, split, candidate,
                                                        f"held-out, options {candidate.label()}")
             table.append(options_row(candidate, evaluate_keypoints(split.ann, found, foot_sigmas=config.foot_sigmas),
