@@ -35,8 +35,13 @@ EXPERIMENT_KIND = "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "raypose.trial_id"
 TRIAL_STATUS_TAG = "raypose.trial_status"
-# How a trial ended (Tune's view) -> the MLflow run status it gets.
-TRIAL_RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "errored": "FAILED"}
+# How a trial ended (Tune's view) -> the MLflow run status it gets. A trial ASHA stopped early did
+# what it was asked: FINISHED (its tag says stopped_early); KILLED is kept for interrupts, so that
+# red in the runs table means something went wrong.
+TRIAL_RUN_STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "errored": "FAILED"}
+# Where the MLflow 3 UI opens the runs table whatever the browser last showed (the experiment
+# kind tag alone is overridden by a browser-wide setting, which may open the GenAI overview).
+RUNS_TABLE_QUERY = "workflowType=machine_learning"
 
 
 def resolve_tracking_uri(configured: str | None = None, base_dir: str | os.PathLike | None = None) -> str:
@@ -109,6 +114,8 @@ class MlflowRun:
         self.best_effort = best_effort
         self.flush_timeout_s = flush_timeout_s
         self._pending: list[tuple[str, Callable[[], None]]] = []
+        self._system_metrics = None
+        self._system_metrics_started = False
         if run_id is None:
             exp_id = get_or_create_experiment(self.client, experiment)
             all_tags = {**(tags or {})}
@@ -227,10 +234,46 @@ class MlflowRun:
 
         self._call(f"artifact {path.name}", send)
 
+    def log_inputs(self, datasets: list) -> None:
+        """Log MLflow dataset inputs (:func:`dataset_input`); one already on the run is not repeated."""
+
+        def send() -> None:
+            run = self.client.get_run(self.run_id)
+            held = {(d.dataset.name, d.dataset.digest) for d in (run.inputs.dataset_inputs if run.inputs else [])}
+            new = [d for d in datasets if (d.dataset.name, d.dataset.digest) not in held]
+            if new:
+                self.client.log_inputs(self.run_id, datasets=new)
+
+        self._call("log datasets", send)
+
+    @property
+    def system_metrics_started(self) -> bool:
+        """Whether :meth:`start_system_metrics` was called (whether or not the monitor could start)."""
+        return self._system_metrics_started
+
+    def start_system_metrics(self, interval_s: float = 10.0, node_id: str | None = None) -> None:
+        """Log CPU, memory, disk, network (and GPU, with ``nvidia-ml-py``) use as ``system/*``
+        metrics every ``interval_s`` seconds until :meth:`end` (MLflow's own monitor, on a thread).
+        A resumed run goes on from its last step. The monitor stops by itself if the server does
+        not answer; losing system metrics must not cost a run anything."""
+        self._system_metrics_started = True
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._system_metrics = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
+                                                        node_id=node_id, tracking_uri=self.uri)
+            self._system_metrics.start()
+        except Exception as e:
+            log.warning("system metrics are not logged to run %s (%s: %s)", self.run_id, type(e).__name__, e)
+            self._system_metrics = None
+
     def end(self, status: str = "FINISHED") -> None:
         """End the run as FINISHED, FAILED or KILLED (best effort: after what is queued, waiting
         up to ``flush_timeout_s`` for the server; if it stays down the run is left as it is,
         and the queued calls are reported as lost)."""
+        if self._system_metrics is not None:
+            self._system_metrics.finish()
+            self._system_metrics = None
         self._call(f"end the run ({status})", lambda: self.client.set_terminated(self.run_id, status=status))
         deadline = time.monotonic() + self.flush_timeout_s
         while self._pending and time.monotonic() < deadline:
@@ -241,6 +284,60 @@ class MlflowRun:
                       "backfills its epochs", self.uri, self.flush_timeout_s, len(self._pending), self.run_id,
                       ", ".join(what for what, _ in self._pending[:5]))
             self._pending.clear()
+
+
+def runs_table_url(uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The URL that opens an experiment's runs table: on the tracking server for an http(s)
+    URI, else on ``ui`` (where ``mlflow ui --backend-store-uri URI`` serves by default)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui.rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}?{RUNS_TABLE_QUERY}"
+
+
+def experiment_id(experiment: str, uri: str) -> str:
+    """The id of experiment ``experiment`` (created when missing)."""
+    return get_or_create_experiment(MlflowClient(uri), experiment)
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags for a run started here (``mlflow.source.name``, ``.type``,
+    ``.git.commit`` when the program runs from a git checkout, ``mlflow.user``), which
+    ``MlflowClient.create_run`` does not set by itself. The study passes its own to the trials,
+    whose processes are Ray workers."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    try:
+        tags = resolve_tags()
+    except Exception as e:  # a context provider failing must not stop a run
+        log.warning("MLflow's source tags could not be resolved (%s)", e)
+        return {}
+    return {k: str(v) for k, v in tags.items() if k.startswith(("mlflow.source.", "mlflow.user"))}
+
+
+def file_digest(path: str | os.PathLike, chars: int = 16) -> str:
+    """The first ``chars`` hex digits of a file's sha256 (a dataset's digest in MLflow)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:chars]
+
+
+def dataset_input(name: str, source: str, digest: str, context: str):
+    """An MLflow dataset input (``client.log_inputs``): ``name`` at ``source`` (a path or URI),
+    identified by ``digest``; ``context`` is MLflow's ``mlflow.data.context`` (train, validation)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": local paths all are
+        warnings.simplefilter("ignore", UserWarning)
+        dataset_source = resolve_dataset_source(source)
+    dataset = MetaDataset(dataset_source, name=name, digest=digest)
+    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
 
 
 def param_value(value: Any) -> str:
@@ -278,7 +375,10 @@ def find_or_create_child_run(
     )
     if found:
         return found[0].info.run_id
-    all_tags = {PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, **(tags or {})}
+    # the study's source (program, commit, user): a trial's own process is a Ray worker
+    inherited = {k: v for k, v in client.get_run(parent_run_id).data.tags.items()
+                 if k.startswith(("mlflow.source.", "mlflow.user"))}
+    all_tags = {**inherited, PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, **(tags or {})}
     return client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
 
 
@@ -309,3 +409,114 @@ def child_runs(experiment: str, parent_run_id: str, uri: str) -> list:
     if exp is None:
         return []
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+
+
+MODEL_ARTIFACT = "model"  # where the study's best model is logged on the parent run
+CHECKPOINT_IN_MODEL = "checkpoint.pth"  # the raypose checkpoint inside the logged model's extra files
+MAX_EXAMPLE_SIDE = 256  # the input example is one validation image, scaled down to this long side
+
+
+def save_pose_model(checkpoint: str | os.PathLike, example_image: str | os.PathLike, folder: Path) -> Path:
+    """An MLflow PyTorch model in ``folder`` from a raypose checkpoint: the KeypointRCNN module
+    (``mlflow.pytorch.load_model`` gives it back, in eval mode), a signature, one image as the input
+    example, and the checkpoint itself as an extra file, from which ``raypose predict models:/...``
+    rebuilds the model exactly as from the file (:func:`resolve_checkpoint`).
+
+    The signature's input is one float32 image tensor ``(3, H, W)`` in [0, 1] (a list of them
+    for a batch, as torchvision's detection models take); the output is a list of dicts (boxes,
+    scores, keypoints, keypoints_scores), which MLflow's schema cannot describe, so it is left out.
+    """
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    import torchvision
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+    from PIL import Image
+
+    from raypose.checkpoint import load_model_from_checkpoint
+
+    model, _ = load_model_from_checkpoint(checkpoint, "cpu")
+    with Image.open(example_image) as im:
+        im = im.convert("RGB")
+        im.thumbnail((MAX_EXAMPLE_SIDE, MAX_EXAMPLE_SIDE))
+        example = (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]  # (1, 3, H, W)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name="images")]))
+    mlflow.pytorch.save_model(
+        model, str(folder), signature=signature, input_example=example, extra_files=[str(checkpoint)],
+        serialization_format="pickle",  # torch.export cannot trace detection post-processing (data-dependent NMS)
+        # as resolved here; inferring them would load the model once more in a subprocess
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                          f"torchvision=={torchvision.__version__.split('+')[0]}"],
+    )
+    return folder
+
+
+def register_pose_model(uri: str, run_id: str, model_dir: Path, name: str, tags: Mapping[str, Any],
+                        description: str = "") -> str:
+    """Log ``model_dir`` (:func:`save_pose_model`) on run ``run_id`` as :data:`MODEL_ARTIFACT` and
+    register it as a new version of model ``name`` (created when missing), tagged with ``tags``.
+    Returns the version."""
+    client = MlflowClient(uri, registry_uri=uri)
+    client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+    try:
+        client.create_registered_model(name, description=description or None)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,
+                                          tags={k: str(v) for k, v in tags.items()}, description=description or None)
+    log.info("registered model %s version %s (run %s)", name, version.version, run_id)
+    return str(version.version)
+
+
+def resolve_checkpoint(ref: str | os.PathLike, tracking_uri: str | None = None, cache: Path | None = None) -> Path:
+    """A checkpoint file from a path, or from a registered model: ``models:/NAME/VERSION``,
+    ``models:/NAME@ALIAS`` or ``models:/NAME/latest`` (downloaded from the registry at
+    ``tracking_uri``, default ``$MLFLOW_TRACKING_URI``, into ``cache`` or a temporary folder).
+
+    Raises:
+        WeightsError: the model or version does not exist, or it holds no raypose checkpoint.
+    """
+    from raypose.errors import WeightsError
+
+    text = str(ref)
+    if not text.startswith("models:/"):
+        return Path(ref)
+    import mlflow.artifacts
+
+    uri = resolve_tracking_uri(tracking_uri)
+    dest = cache or Path(tempfile.mkdtemp(prefix="raypose-model-"))
+    client = MlflowClient(uri, registry_uri=uri)
+    try:
+        version = _model_version(client, text)
+        # the registry's own download URI: models:/ in download_artifacts would use the global registry
+        source = client.get_model_version_download_uri(version.name, version.version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+    except MlflowException as e:
+        raise WeightsError(f"{text}: not found in the model registry at {uri} ({e.message[:300]}); the MLflow "
+                           "UI's Models page lists the registered models and versions; check MLFLOW_TRACKING_URI "
+                           "or pass --tracking-uri") from None
+    found = sorted(local.rglob(CHECKPOINT_IN_MODEL))
+    if not found:
+        raise WeightsError(f"{text} (downloaded to {local}) holds no {CHECKPOINT_IN_MODEL}: it was not registered "
+                           "by raypose; load it with mlflow.pytorch.load_model instead")
+    return found[0]
+
+
+def _model_version(client: MlflowClient, model_uri: str):
+    """The registered version ``models:/NAME/VERSION``, ``models:/NAME/latest`` or
+    ``models:/NAME@ALIAS`` names (raises MlflowException when there is none)."""
+    rest = model_uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = rest.rpartition("/")
+    if not name:
+        raise MlflowException(f"{model_uri}: expected models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS")
+    if version == "latest":
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise MlflowException(f"Registered Model with name={name} has no versions")
+        return max(versions, key=lambda v: int(v.version))
+    return client.get_model_version(name, version)

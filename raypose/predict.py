@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from raypose.checkpoint import load_model_from_checkpoint
@@ -68,9 +69,11 @@ def predict_to_results(
     batch_size: int = 4,
     score_thresh: float = 0.0,
     options: InferenceOptions | None = None,
+    tracking_uri: str | None = None,
 ) -> tuple[int, int]:
     """Write COCO keypoint results for ``images``, inferred with ``options`` (None: stock);
-    returns (images, detections).
+    returns (images, detections). ``checkpoint`` is a file, or a registered MLflow model
+    (``models:/NAME/VERSION``, ``/latest`` or ``@ALIAS``) in the registry at ``tracking_uri``.
 
     Every argument is checked before the model runs.
 
@@ -78,13 +81,20 @@ def predict_to_results(
         ConfigError: ``batch_size`` < 1, ``score_thresh`` outside [0, 1] or NaN, an unusable
             ``device``, or ``out`` a folder or one of the inputs.
         InputError: no images, or image ids that cannot be told (see :func:`image_ids_for`).
+        WeightsError: the checkpoint, or the registered model, does not exist or is not raypose's.
     """
     check_predict_options(batch_size, score_thresh)
     check_output_file(out, inputs=(checkpoint, ann, *images))
     files = collect_images(images)
     ids = image_ids_for(files, ann)
     dev = resolve_device(device)
-    model, _ = load_model_from_checkpoint(checkpoint, dev)
+    if str(checkpoint).startswith("models:/"):
+        from raypose.experiment_log import resolve_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="raypose-model-") as tmp:
+            model, _ = load_model_from_checkpoint(resolve_checkpoint(checkpoint, tracking_uri, Path(tmp)), dev)
+    else:
+        model, _ = load_model_from_checkpoint(checkpoint, dev)
     outputs = predict_files(model, files, dev, batch_size, options)
     results = [r for r in outputs_to_coco_results(outputs, ids) if r["score"] >= score_thresh]
     write_json_atomic(out, results)

@@ -21,7 +21,7 @@ OWNERS = {
 }
 PURE = ("raypose.model", "raypose.schema", "raypose.data", "raypose.evaluation", "raypose.analysis",
         "raypose.video.smoothing", "raypose.tuning.trials", "raypose.tuning.final", "raypose.tuning.importance",
-        "raypose.tuning.plots", "raypose.storage",
+        "raypose.tuning.plots", "raypose.tuning.report_html", "raypose.storage",
         "raypose.training.resources")
 FORBIDDEN_IN_PURE = ("ray", "mlflow")
 

@@ -56,7 +56,7 @@ def test_child_runs_are_found_again_not_duplicated(uri):
     assert MlflowClient(uri).get_run(first).info.run_name == "trial-t1"
 
 
-@pytest.mark.parametrize(("status", "mlflow_status"), [("completed", "FINISHED"), ("stopped_early", "KILLED"),
+@pytest.mark.parametrize(("status", "mlflow_status"), [("completed", "FINISHED"), ("stopped_early", "FINISHED"),
                                                        ("errored", "FAILED")])
 def test_ended_trials_leave_no_running_run(uri, status, mlflow_status):
     parent = MlflowRun("exp", uri=uri)
@@ -66,6 +66,96 @@ def test_ended_trials_leave_no_running_run(uri, status, mlflow_status):
     assert run.info.status == mlflow_status and run.info.end_time is not None
     assert run.data.tags["raypose.trial_status"] == status
     assert ("raypose.failure_reason" in run.data.tags) == (status == "errored")
+
+
+def test_the_runs_table_url_opens_the_machine_learning_view():
+    from raypose.experiment_log import runs_table_url
+
+    assert runs_table_url("http://head:5000/", "7") == "http://head:5000/#/experiments/7?workflowType=machine_learning"
+    assert runs_table_url("sqlite:///mlflow.db", "3").startswith("http://127.0.0.1:5000/#/experiments/3?")
+
+
+def test_trials_inherit_the_studys_source_tags(uri):
+    parent = MlflowRun("exp", uri=uri, tags={"mlflow.source.name": "raypose", "mlflow.user": "ana",
+                                              "mlflow.source.git.commit": "abc123", "raypose.study": "s"})
+    child = MlflowClient(uri).get_run(find_or_create_child_run("exp", parent.run_id, "t1", "trial-t1", uri))
+    assert {k: child.data.tags[k] for k in ("mlflow.source.name", "mlflow.user", "mlflow.source.git.commit")} == {
+        "mlflow.source.name": "raypose", "mlflow.user": "ana", "mlflow.source.git.commit": "abc123"}
+    assert "raypose.study" not in child.data.tags  # only MLflow's source tags are inherited
+
+
+def test_datasets_are_logged_once_with_their_digest(uri, tmp_path):
+    from raypose.experiment_log import dataset_input, file_digest
+
+    ann = tmp_path / "train.json"
+    ann.write_text('{"images": []}')
+    run = MlflowRun("exp", uri=uri)
+    for _ in range(2):  # a resumed run logs its inputs again: not duplicated
+        run.log_inputs([dataset_input("synthetic-train", str(ann), file_digest(ann), "train")])
+    inputs = MlflowClient(uri).get_run(run.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.digest == file_digest(ann) != ""
+    assert inputs[0].dataset.name == "synthetic-train" and inputs[0].tags[0].value == "train"
+    ann.write_text('{"images": [1]}')
+    assert file_digest(ann) != inputs[0].dataset.digest  # a changed file is another dataset
+
+
+def test_a_registered_model_predicts_what_its_checkpoint_predicts(mlflow_server, tmp_path):
+    """The study's best checkpoint as an MLflow model, on a tracking server: registered, loaded back
+    by mlflow.pytorch and by raypose (models:/NAME/VERSION, /latest), the same detections."""
+    import json
+
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from raypose.checkpoint import save_checkpoint
+    from raypose.errors import WeightsError
+    from raypose.experiment_log import create_run, register_pose_model, resolve_checkpoint, save_pose_model
+    from raypose.model import ModelConfig, build_model
+    from raypose.predict import predict_to_results
+    from tests.conftest import TINY_MODEL
+
+    torch.manual_seed(0)
+    config = ModelConfig(**TINY_MODEL)
+    model = build_model(config).eval()
+    ckpt = save_checkpoint(tmp_path / "checkpoint.pth", model, config)
+    image = tmp_path / "images" / "000000000139.jpg"
+    image.parent.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((150, 200, 3)) * 255).astype("uint8")).save(image)
+    run_id = create_run("study-exp", mlflow_server, "study-s")
+    model_dir = save_pose_model(ckpt, image, tmp_path / "model")
+    assert register_pose_model(mlflow_server, run_id, model_dir, "s", {"raypose.trial_id": "t1"}) == "1"
+    assert register_pose_model(mlflow_server, run_id, model_dir, "s", {"raypose.trial_id": "t2"}) == "2"
+    version = MlflowClient(mlflow_server, registry_uri=mlflow_server).get_model_version("s", "2")
+    assert version.tags["raypose.trial_id"] == "t2" and version.run_id == run_id
+
+    from mlflow.models import Model
+
+    info = Model.load(str(model_dir))
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, -1, -1) and info.saved_input_example_info is not None
+    x = torch.rand(3, 128, 160)
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    try:
+        loaded = mlflow.pytorch.load_model("models:/s/1")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    with torch.no_grad():
+        a, b = model([x])[0], loaded.eval()([x])[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    from_file, from_registry = tmp_path / "file.json", tmp_path / "registry.json"
+    predict_to_results(ckpt, [image], from_file, score_thresh=0.0)
+    for ref in ("models:/s/1", "models:/s/latest"):
+        predict_to_results(ref, [image], from_registry, tracking_uri=mlflow_server)
+        assert json.loads(from_registry.read_text()) == json.loads(from_file.read_text())
+    with pytest.raises(WeightsError, match="models:/s/9.*Models page"):
+        resolve_checkpoint("models:/s/9", mlflow_server)
 
 
 def test_long_values_are_truncated(uri):

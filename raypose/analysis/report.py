@@ -5,12 +5,17 @@ paths, so it opens from ``file://`` in a browser with no server::
 
     DIR/summary.json  DIR/per_detection.json  DIR/report.html
     DIR/plots/*.png   DIR/gallery/*.png
+
+Every file that ``summary.json`` and ``report.html`` name is named relative to DIR, or by its
+file name alone when it lies outside DIR (the inputs, the checkpoint): the folder is often
+written in a temporary place and uploaded, where an absolute path would name nothing.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +25,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from raypose.analysis.gallery import CATEGORY_HEX, render_gallery  # noqa: E402
-from raypose.analysis.summary import AnalysisResult, per_detection_rows, summary_dict  # noqa: E402
+from raypose.analysis.data import MAX_DETS  # noqa: E402
+from raypose.analysis.gallery import (  # noqa: E402
+    CATEGORY_HEX,
+    DRAW_MIN_SCORE,
+    detections_to_draw,
+    render_gallery,
+)
+from raypose.analysis.summary import (  # noqa: E402
+    OVERLAP_IOU,
+    AnalysisResult,
+    per_detection_rows,
+    summary_dict,
+)
 from raypose.io import save_png, write_json_atomic, write_text_atomic  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_LISTED = 50  # background false positives / missed people rendered in the report
+SUMMARY_FILE = "summary.json"  # names inside the report's folder
+PER_DETECTION_FILE = "per_detection.json"
+REPORT_FILE = "report.html"
 STEP_COLORS = ["#ffffff", "#F2E394", "#F2AE72", "#D96459", "#8C4646", "#4F82BD", "#8063A3", "#2E8B57"]
 
 
@@ -181,7 +200,7 @@ def plot_oks_histograms(result: AnalysisResult, path: Path) -> Path:
     axes[0].hist(det_oks, bins=np.linspace(0, 1, 21), color="#8C4646")
     axes[0].set(title="OKS of matched detections", xlabel="OKS", ylabel="detections")
     axes[1].hist(result.image_oks, bins=np.linspace(0, 1, 21), color="#2E8B57")
-    axes[1].set(title="Per-image OKS score", xlabel="image OKS", ylabel="images")
+    axes[1].set(title="Image score (see Worst images)", xlabel="image score", ylabel="images")
     return _save(fig, path)
 
 
@@ -193,6 +212,8 @@ def _table(headers: list[str], rows: list[list[Any]], table_id: str = "") -> str
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4f}"
     if value is None:
@@ -211,7 +232,7 @@ td,th{border:1px solid #bbb;padding:2px 8px;text-align:right;font-size:13px}
 th{background:#eee}
 figure{display:inline-block;margin:4px;vertical-align:top}
 figure.plot img{max-width:680px}
-figure.gallery img{max-width:420px;border:1px solid #888}
+figure.gallery img{max-width:640px;border:1px solid #888}
 figcaption{font-size:12px;color:#444}
 .legend span{display:inline-block;padding:1px 8px;margin-right:4px;border:1px solid #555;font-size:12px}
 """
@@ -231,8 +252,10 @@ def _legend() -> str:
     items = "".join(f'<span style="background:{c}">{html.escape(n)}</span>' for n, c in CATEGORY_HEX.items())
     return (
         f'<p class="legend">Ground truth: <b style="color:#3ce63c">green</b>; predictions: '
-        f'<b style="color:#e63ce6">magenta</b> (box label: detection score; number beside a point: its '
-        f"keypoint score); predicted points coloured by category: {items}</p>"
+        f'<b style="color:#e63ce6">magenta</b>, only the image&rsquo;s N highest-scoring detections '
+        f"(N = its people), any scoring &ge; {DRAW_MIN_SCORE:g}, those matched to a person and the red-boxed "
+        f"false positive (box label: detection score; number "
+        f"beside a point: its keypoint score); predicted points coloured by category: {items}</p>"
     )
 
 
@@ -252,11 +275,11 @@ def _convention_section(summary: dict) -> list[str]:
             "convention-table",
         ),
         "<p>Both give each error type on its own beside the cumulative run (coco-analyze's "
-        "<code>errorsAPImpact</code>). Per-image OKS and the worst images use COCO's matching in both.</p>",
+        "<code>errorsAPImpact</code>). The image score and the worst images use COCO's matching in both.</p>",
     ]
 
 
-def _sections(summary: dict, files: dict[str, Any]) -> list[str]:
+def _sections(summary: dict, files: dict[str, Any], max_listed: int) -> list[str]:
     ev = summary["evaluation"]
     cumulative = {s["step"]: s for s in summary["progressive"]}
     area = summary["convention"]["area_range"]
@@ -264,7 +287,7 @@ def _sections(summary: dict, files: dict[str, Any]) -> list[str]:
         "<h1>raypose error analysis</h1>",
         f"<p>Ground truth <code>{html.escape(summary['ground_truth'])}</code>, detections "
         f"<code>{html.escape(summary['detections'])}</code>: {summary['num_images']} images, "
-        f"{summary['num_people']} people, {summary['num_detections']} detections (20 best per image), "
+        f"{summary['num_people']} people, {summary['num_detections']} detections ({MAX_DETS} best per image), "
         f"{summary['num_keypoints']} keypoints.</p>",
         f'<p id="convention-used">Convention: <b>{html.escape(summary["convention"]["name"])}</b> '
         f'(area range [{area[0]:g}, {area[1]:g}] px²; <a href="#convention">differences</a>).</p>',
@@ -325,7 +348,9 @@ def _sections(summary: dict, files: dict[str, Any]) -> list[str]:
     ]
     if "oracle" in summary:
         parts += _oracle_section(summary, files)
-    parts += _gallery_sections(summary, files)
+    parts += _worst_section(summary, files)
+    parts += _background_fp_section(summary, files, max_listed)
+    parts += _false_negative_section(summary, files, max_listed)
     return parts
 
 
@@ -352,50 +377,150 @@ def _oracle_section(summary: dict, files: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _gallery_sections(summary: dict, files: dict[str, Any]) -> list[str]:
+# What error_types.image_oks computes, in words; the worst-images list is ranked by it.
+_IMAGE_SCORE_DEFINITION = (
+    "Images are ranked by their <b>image score</b>, lowest first (ties by image id; images with neither "
+    "people nor detections are left out). The image score is the sum of the OKS of the image&rsquo;s "
+    "detections matched to a person (COCO&rsquo;s greedy matching, highest score first, at OKS &ge; "
+    "{loc:g}, all areas), divided by the number of people who count (not crowd, at least one labelled "
+    "keypoint) plus the sum of the scores of the detections matched to nobody. A missed person adds 1 "
+    "below the line and nothing above it; a false positive adds its score below the line, so a "
+    "confident false positive costs more than an unsure one; a detection matched to a crowd region or "
+    "an unlabelled person counts for nothing. An image without people who count scores 1 / (1 + the "
+    "sum of the scores of its detections matched to nobody). Only each image&rsquo;s {max_dets} best "
+    "detections take part. A perfect image scores 1; it is not COCO&rsquo;s AP, and it is the same whichever "
+    "convention the report follows."
+)
+
+
+def _worst_section(summary: dict, files: dict[str, Any]) -> list[str]:
     worst = summary["worst_images"]
-    parts = [f'<h2 id="worst">Worst {len(worst)} images</h2>', _legend(), '<div id="gallery">']
+    loc = summary["thresholds"]["localisation_oks"]
+    parts = [
+        f'<h2 id="worst">Worst {len(worst)} images</h2>',
+        f'<p id="worst-definition">{_IMAGE_SCORE_DEFINITION.format(loc=loc, max_dets=MAX_DETS)}</p>',
+        _table(
+            [
+                "rank",
+                "image",
+                "file",
+                "image score",
+                "sum of OKS of matched detections",
+                "people",
+                "sum of scores of unmatched detections",
+                "detections",
+                "drawn",
+            ],
+            [
+                [
+                    rank + 1,
+                    r["image_id"],
+                    r["file_name"],
+                    r["image_score"],
+                    r["matched_oks_sum"],
+                    r["num_people"],
+                    r["unmatched_score_sum"],
+                    r["num_detections"],
+                    r.get("num_drawn"),
+                ]
+                for rank, r in enumerate(worst)
+            ],
+            "worst-table",
+        ),
+        _legend(),
+        '<div id="gallery">',
+    ]
     for row, src in zip(worst, files["gallery"]["worst"]):
-        caption = f"image {row['image_id']} ({row['file_name']}): OKS {row['oks']:.3f}, {row['num_people']} people, {row['num_detections']} detections"
+        caption = (
+            f"image {row['image_id']} ({row['file_name']}): image score {row['image_score']:.3f}, "
+            f"{row['num_people']} people, {row['num_detections']} detections"
+        )
+        if row.get("num_drawn") is not None:
+            caption += f" ({row['num_drawn']} drawn)"
         parts.append(_figure(src, caption, "gallery"))
     parts.append("</div>")
-    fps = summary["background_false_positives"]
-    parts += [
-        f'<h2 id="background-fp">Background false positives ({len(fps)})</h2>',
-        "<p>Detections matched to nobody at any OKS threshold, highest score first (red box).</p>",
-        _table(
-            ["image", "detection #", "score", "best OKS", "near a person (OKS &ge; 0.1)"],
-            [
-                [r["image_id"], r["detection_index"], r["score"], r["best_oks"], r["matched_at_0.1"]]
-                for r in fps[:500]
-            ],
-            "fp-table",
-        ),
-    ]
-    parts += [
-        _figure(src, f"false positive {n + 1}", "gallery")
-        for n, src in enumerate(files["gallery"]["background_fp"])
-    ]
-    fns = summary["false_negatives"]
-    parts += [
-        f'<h2 id="false-negatives">Missed people ({len(fns)})</h2>',
-        "<p>Labelled people matched at no OKS threshold, largest first (red box).</p>",
-        _table(
-            ["image", "annotation", "labelled keypoints", "area"],
-            [[r["image_id"], r["annotation_id"], r["num_keypoints"], r["area"]] for r in fns[:500]],
-            "fn-table",
-        ),
-    ]
-    parts += [
-        _figure(src, f"missed person {n + 1}", "gallery")
-        for n, src in enumerate(files["gallery"]["false_negative"])
-    ]
     return parts
 
 
-def render_html(summary: dict, files: dict[str, Any]) -> str:
-    """The report page; ``files`` holds the relative paths of plots and gallery images."""
-    body = "\n".join(_sections(summary, files))
+def _listed(what: str, shown: int, total: int, where: str) -> str:
+    """A sentence saying how many rows of ``total`` the table shows, and where all of them are."""
+    if shown < total:
+        return f"The table shows the {shown} {what} of {total}; all {total} are in {where}."
+    return f"The table shows all {total}; they are also in {where}."
+
+
+def _background_fp_section(summary: dict, files: dict[str, Any], max_listed: int) -> list[str]:
+    fps = summary["background_false_positives"]
+    shown = fps[:max_listed]
+    per_det = html.escape(files["per_detection"])
+    return [
+        f'<h2 id="background-fp">Background false positives ({len(fps)})</h2>',
+        '<p id="fp-note">Detections matched to nobody at any OKS threshold, highest score first (red box '
+        "in the pictures below). "
+        + _listed(
+            "highest-scoring",
+            len(shown),
+            len(fps),
+            f'<a href="{per_det}">{per_det}</a> (the rows with <code>background_fp</code> true, among '
+            "every kept detection) and in summary.json (<code>background_false_positives</code>)",
+        )
+        + " Detection # is the detection&rsquo;s position in the detections file, from 0; the best OKS and "
+        "IoU are with any person who counts on the image, matched or not (a box is the extent of the "
+        "detection&rsquo;s keypoints; the person&rsquo;s is its annotated box).</p>",
+        _table(
+            [
+                "image",
+                "detection #",
+                "score",
+                "best OKS to any person",
+                "best box IoU to any person",
+                f"overlaps a person (box IoU ≥ {OVERLAP_IOU:g})",
+            ],
+            [
+                [
+                    r["image_id"],
+                    r["detection_index"],
+                    r["score"],
+                    r["best_oks"],
+                    r["best_iou"],
+                    r["overlaps_person"],
+                ]
+                for r in shown
+            ],
+            "fp-table",
+        ),
+        *(
+            _figure(src, f"false positive {n + 1}", "gallery")
+            for n, src in enumerate(files["gallery"]["background_fp"])
+        ),
+    ]
+
+
+def _false_negative_section(summary: dict, files: dict[str, Any], max_listed: int) -> list[str]:
+    fns = summary["false_negatives"]
+    shown = fns[:max_listed]
+    return [
+        f'<h2 id="false-negatives">Missed people ({len(fns)})</h2>',
+        '<p id="fn-note">Labelled people matched at no OKS threshold, largest first (red box). '
+        + _listed("largest", len(shown), len(fns), "summary.json (<code>false_negatives</code>)")
+        + "</p>",
+        _table(
+            ["image", "annotation", "labelled keypoints", "area"],
+            [[r["image_id"], r["annotation_id"], r["num_keypoints"], r["area"]] for r in shown],
+            "fn-table",
+        ),
+        *(
+            _figure(src, f"missed person {n + 1}", "gallery")
+            for n, src in enumerate(files["gallery"]["false_negative"])
+        ),
+    ]
+
+
+def render_html(summary: dict, files: dict[str, Any], max_listed: int = DEFAULT_MAX_LISTED) -> str:
+    """The report page; ``files`` holds the paths (relative to the report) of the plots, the
+    gallery images and ``per_detection``; the tables of background false positives and missed
+    people show the first ``max_listed`` rows."""
+    body = "\n".join(_sections(summary, files, max_listed))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>raypose error analysis</title>'
         f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>\n{body}\n"
@@ -416,6 +541,19 @@ def _listed_images(result: AnalysisResult, max_listed: int) -> tuple[dict, dict]
     return fps, fns
 
 
+def report_name(path: str, out_dir: str | Path) -> str:
+    """How ``summary.json`` and ``report.html`` name ``path``: relative to ``out_dir`` (POSIX
+    separators) when it lies inside it, else its file name alone. Placeholders such as
+    ``"<detections>"`` (inputs that came as dicts, not files) are kept as they are."""
+    if path.startswith("<"):
+        return path
+    target, base = Path(os.path.abspath(path)), Path(os.path.abspath(out_dir))
+    try:
+        return target.relative_to(base).as_posix()
+    except ValueError:
+        return target.name
+
+
 def write_report(
     result: AnalysisResult,
     out_dir: str | Path,
@@ -424,13 +562,49 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``summary.json``, ``per_detection.json``, plots, gallery and ``report.html`` into ``out_dir``.
 
+    Inside the written files every path is relative to ``out_dir`` (:func:`report_name`), so the
+    folder can be moved or uploaded.
+
     Returns:
-        Paths of the main files (``summary``, ``report``, ``per_detection``).
+        ``{"summary": ..., "per_detection": ..., "report": ...}``: absolute paths of the three main
+        files, ``out_dir`` made absolute joined with :data:`SUMMARY_FILE`, :data:`PER_DETECTION_FILE`
+        and :data:`REPORT_FILE`; relative to ``out_dir`` they are those names.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))
     images_dir = Path(images_dir) if images_dir is not None else None
     summary = summary_dict(result)
-    plots_dir = out_dir / "plots"
+    summary["ground_truth"] = report_name(summary["ground_truth"], out_dir)
+    summary["detections"] = report_name(summary["detections"], out_dir)
+    if summary.get("oracle", {}).get("checkpoint"):
+        summary["oracle"] = {
+            **summary["oracle"],
+            "checkpoint": report_name(summary["oracle"]["checkpoint"], out_dir),
+        }
+    plots = _write_plots(result, summary, out_dir / "plots")
+    fps, fns = _listed_images(result, max_listed)
+    gallery = {
+        "worst": render_gallery(result, out_dir, list(result.worst), images_dir, "worst"),
+        "background_fp": render_gallery(result, out_dir, list(fps), images_dir, "fp", fps),
+        "false_negative": render_gallery(result, out_dir, list(fns), images_dir, "fn", fns),
+    }
+    for row, image in zip(summary["worst_images"], result.worst):
+        row["num_drawn"] = int(len(detections_to_draw(result, int(image))))
+    files = {
+        "plots": {k: p.relative_to(out_dir).as_posix() for k, p in plots.items()},
+        "gallery": gallery,
+        "per_detection": PER_DETECTION_FILE,
+    }
+    summary["files"] = {**files, "report": REPORT_FILE}
+    paths = {
+        "per_detection": write_json_atomic(out_dir / PER_DETECTION_FILE, per_detection_rows(result)),
+        "summary": write_json_atomic(out_dir / SUMMARY_FILE, summary, indent=1),
+        "report": write_text_atomic(out_dir / REPORT_FILE, render_html(summary, files, max_listed)),
+    }
+    logger.info("wrote %s", paths["report"])
+    return paths
+
+
+def _write_plots(result: AnalysisResult, summary: dict, plots_dir: Path) -> dict[str, Path]:
     plots = {
         "progressive_oks50": plot_progressive_pr(summary, plots_dir / "progressive_pr_oks50.png", "oks50"),
         "progressive_mean": plot_progressive_pr(
@@ -451,18 +625,4 @@ def write_report(
         plots["oracle_loss"] = plot_oks_loss(
             oracle_view, plots_dir / "oracle_oks_loss_share.png", "share", "Share of OKS lost, oracle boxes"
         )
-    fps, fns = _listed_images(result, max_listed)
-    gallery = {
-        "worst": render_gallery(result, out_dir, list(result.worst), images_dir, "worst"),
-        "background_fp": render_gallery(result, out_dir, list(fps), images_dir, "fp", fps),
-        "false_negative": render_gallery(result, out_dir, list(fns), images_dir, "fn", fns),
-    }
-    files = {"plots": {k: str(p.relative_to(out_dir)) for k, p in plots.items()}, "gallery": gallery}
-    summary["files"] = {**files, "per_detection": "per_detection.json", "report": "report.html"}
-    paths = {
-        "per_detection": write_json_atomic(out_dir / "per_detection.json", per_detection_rows(result)),
-        "summary": write_json_atomic(out_dir / "summary.json", summary, indent=1),
-        "report": write_text_atomic(out_dir / "report.html", render_html(summary, files)),
-    }
-    logger.info("wrote %s", paths["report"])
-    return paths
+    return plots

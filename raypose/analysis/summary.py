@@ -5,9 +5,9 @@ each error type alone), per-detection and per-image OKS, and lists background fa
 and missed people; :func:`summary_dict` turns the result into the JSON written as ``summary.json``.
 
 The convention (:mod:`raypose.analysis.conventions`) decides the error counts, the corrections,
-the AP steps and the lists of background false positives and missed people; per-detection and
-per-image OKS and the worst-image ranking use COCO's own matching (all areas, people who count)
-in both, so the gallery shows the same images whichever convention is asked for.
+the AP steps and the lists of background false positives and missed people; per-detection OKS,
+the per-image score and the worst-image ranking use COCO's own matching (all areas, people who
+count) in both, so the gallery shows the same images whichever convention is asked for.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ from raypose.analysis.progressive import (
     classify_input,
     progressive_correction,
 )
-from raypose.evaluation.fast import pair_oks
+from raypose.evaluation.fast import CategoryData, pair_oks, same_image_pairs
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORST = 100
+OVERLAP_IOU = 0.1  # a background false positive whose box overlaps a person this much "overlaps a person"
 
 
 @dataclass
@@ -60,7 +61,8 @@ class AnalysisResult:
     det_oks: np.ndarray  # (N,) OKS with the ground truth matched at OKS >= 0.1; NaN if none
     det_best_oks: np.ndarray  # (N,) highest OKS with any regular person of the image (0 if none)
     det_ignored: np.ndarray  # (N,) matched to an ignored ground truth (crowd / no keypoints)
-    image_oks: np.ndarray  # (I,) see raypose.analysis.error_types.image_oks
+    det_best_iou: np.ndarray  # (N,) highest box IoU with any regular person of the image (0 if none)
+    image_oks: np.ndarray  # (I,) the image score: raypose.analysis.error_types.image_oks
     worst: np.ndarray  # image positions, worst first
     oks_loss_share: np.ndarray  # (K,)
     mean_ks: np.ndarray  # (K,)
@@ -97,11 +99,52 @@ def compute_analysis(
         det_oks=det_oks,
         det_best_oks=det_best,
         det_ignored=ignored,
+        det_best_iou=best_box_iou(data),
         image_oks=per_image,
         worst=order,
         oks_loss_share=share,
         mean_ks=mean_ks,
     )
+
+
+def best_box_iou(data: CategoryData) -> np.ndarray:
+    """(N,) each detection's highest box IoU with a regular person of its image; 0 if none.
+
+    A detection's box is the extent of all its keypoints (the box the gallery draws), a person's
+    is the annotation's ``bbox``; both in original-image pixels.
+    """
+    pair_dt, pair_gt = same_image_pairs(data)
+    regular = ~data.gt_ignore[pair_gt]
+    pair_dt, pair_gt = pair_dt[regular], pair_gt[regular]
+    x, y = data.dt_kpts[:, :, 0], data.dt_kpts[:, :, 1]
+    dt_box = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], 1) if x.size else np.zeros((len(x), 4))
+    gt_box = np.concatenate([data.gt_boxes[:, :2], data.gt_boxes[:, :2] + data.gt_boxes[:, 2:]], 1)
+    a, b = dt_box[pair_dt], gt_box[pair_gt]
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = w * h
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    best = np.zeros(len(data.dt_img))
+    np.maximum.at(best, pair_dt, iou)
+    return best
+
+
+def image_score_parts(result: AnalysisResult) -> tuple[np.ndarray, np.ndarray]:
+    """The two sums in each image's score (:func:`raypose.analysis.error_types.image_oks`).
+
+    Returns:
+        ``(matched_oks_sum, unmatched_score_sum)``, each (I,): the OKS of the detections matched
+        at OKS >= 0.1 to a person who counts, and the scores of the detections matched to nobody
+        (those matched to an ignored person count in neither).
+    """
+    data = result.inp.data
+    matched = result.det_matched >= 0
+    unmatched = ~matched & ~result.det_ignored
+    num_img = data.num_images
+    oks_sum = np.bincount(data.dt_img[matched], weights=result.det_oks[matched], minlength=num_img)
+    fp_mass = np.bincount(data.dt_img[unmatched], weights=data.dt_scores[unmatched], minlength=num_img)
+    return oks_sum, fp_mass
 
 
 def _num(value: float) -> float | None:
@@ -175,7 +218,8 @@ def background_fp_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "detection_index": int(inp.dt_file_index[n]),
             "score": _num(data.dt_scores[n]),
             "best_oks": _num(result.det_best_oks[n]),
-            "matched_at_0.1": bool(result.det_matched[n] >= 0),
+            "best_iou": _num(result.det_best_iou[n]),
+            "overlaps_person": bool(result.det_best_iou[n] >= OVERLAP_IOU),
         }
         for n in idx
     ]
@@ -198,9 +242,12 @@ def false_negative_rows(result: AnalysisResult) -> list[dict[str, Any]]:
 
 
 def per_detection_rows(result: AnalysisResult) -> list[dict[str, Any]]:
-    """One row per kept detection: image, file position, score, OKS, matched ground truth."""
+    """One row per kept detection: image, file position, score, OKS (with the person matched at
+    OKS >= 0.1, and the best with any person), best box IoU with a person, matched ground truth,
+    and whether it is a background false positive under the convention (the report's list)."""
     inp, data = result.inp, result.inp.data
     matched = result.det_matched
+    background = result.progressive.background_fp
     return [
         {
             "image_id": int(inp.image_ids[data.dt_img[n]]),
@@ -208,7 +255,9 @@ def per_detection_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "score": _num(data.dt_scores[n]),
             "oks": _num(result.det_oks[n]),
             "best_oks": _num(result.det_best_oks[n]),
+            "best_iou": _num(result.det_best_iou[n]),
             "matched_annotation_id": int(data.gt_ids[matched[n]]) if matched[n] >= 0 else None,
+            "background_fp": bool(background[n]),
         }
         for n in range(len(data.dt_img))
     ]
@@ -221,6 +270,7 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
     counts = result.errors.counts()
     people = np.bincount(data.gt_img[~data.gt_ignore], minlength=data.num_images)
     dets = np.bincount(data.dt_img, minlength=data.num_images)
+    oks_sum, fp_mass = image_score_parts(result)
     out: dict[str, Any] = {
         "ground_truth": inp.gt_source,
         "detections": inp.dt_source,
@@ -246,14 +296,16 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
             {
                 "image_id": int(inp.image_ids[i]),
                 "file_name": inp.file_names[i],
-                "oks": _num(result.image_oks[i]),
+                "image_score": _num(result.image_oks[i]),
+                "matched_oks_sum": _num(oks_sum[i]),
                 "num_people": int(people[i]),
+                "unmatched_score_sum": _num(fp_mass[i]),
                 "num_detections": int(dets[i]),
             }
             for i in result.worst
         ],
         "per_image": [
-            {"image_id": int(inp.image_ids[i]), "oks": _num(result.image_oks[i])}
+            {"image_id": int(inp.image_ids[i]), "image_score": _num(result.image_oks[i])}
             for i in range(data.num_images)
         ],
         "background_false_positives": background_fp_rows(result),

@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Error analysis as Ronchi and Perona (ICCV 2017) define it: classify every keypoint of every "
             "matched detection as good, jitter, inversion, swap or miss; measure the AP gained by correcting "
             "each error type cumulatively (then optimal rescoring, background false positives, false "
-            "negatives), and each error type on its own; rank images by OKS and render the worst. Writes "
-            "DIR/summary.json, DIR/per_detection.json and DIR/report.html (opens from disk, no server). "
+            "negatives), and each error type on its own; rank images by an image score (OKS of the matched "
+            "detections over people plus false positives' scores; report.html defines it) and render the "
+            "worst. Writes DIR/summary.json, DIR/per_detection.json and DIR/report.html (opens from disk, no "
+            "server; every file they name is relative to DIR). "
             "--convention coco-analyze reproduces the numbers of coco-analyze, the paper's own code."
         ),
     )
@@ -48,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=50,
         metavar="N",
-        help="background false positives and missed people to render (default 50 each; all are listed in JSON)",
+        help="background false positives (highest score first) and missed people (largest first) to list "
+        "and draw in report.html (default 50 each; all are in summary.json, the false positives also in "
+        "per_detection.json)",
     )
     p.add_argument(
         "--convention",

@@ -25,7 +25,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         description="Inference with a raypose checkpoint on image files or folders; writes a COCO keypoint "
         "results file (with per-keypoint scores) that `raypose eval` and `raypose analyze` read.",
     )
-    p.add_argument("checkpoint", help="raypose checkpoint (.pth) written by training")
+    p.add_argument("checkpoint", help="raypose checkpoint (.pth) written by training, or a model a study registered "
+                   "in MLflow: models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS")
     p.add_argument("images", nargs="+", help="image files or folders of images (.jpg, .jpeg, .png)")
     p.add_argument("--out", required=True, help="COCO results JSON to write")
     p.add_argument("--ann", default=None,
@@ -34,6 +35,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--score-thresh", type=float, default=0.0, help="drop detections scoring below this")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI of the registry a models:/ checkpoint is in (default $MLFLOW_TRACKING_URI)")
     add_inference_flags(p)
     p.set_defaults(func=_predict)
 
@@ -67,6 +70,7 @@ def _predict(args) -> int:
     n_images, n_dets = predict_to_results(
         args.checkpoint, args.images, args.out, ann=args.ann, device=args.device,
         batch_size=args.batch_size, score_thresh=args.score_thresh, options=inference_options(args),
+        tracking_uri=args.tracking_uri,
     )
     print(f"wrote {n_dets} detections on {n_images} images to {args.out}")
     return 0

@@ -47,16 +47,33 @@ def _tune(args) -> int:
     from raypose.tuning.study import run_study
 
     space = load_search_space(args.space, args.overrides)
-    if space.base.mlflow.enabled:
-        uri = space.base.mlflow.tracking_uri
-        print(f"MLflow tracking URI: {uri}  (compare trials with `mlflow ui --backend-store-uri {uri}`)")
+    runs_table = _announce_mlflow(space)
     study = run_study(space, resume=args.resume)
     print(study.report)
     for note in study.notes:
         print(f"note: {note}")
     print(f"best checkpoint, config, metrics and report: {study.best_dir}")
+    if runs_table:
+        print(f"trials in MLflow: {runs_table}")
     print(study.summary["sentence"])
     return 0
+
+
+def _announce_mlflow(space) -> str | None:
+    """Print where the study's runs are in MLflow: the URL that opens the runs table (MLflow 3
+    may otherwise open its GenAI overview), and how to start the UI for a local store."""
+    if not space.base.mlflow.enabled:
+        return None
+    from raypose.experiment_log import experiment_id, runs_table_url
+
+    uri = space.base.mlflow.tracking_uri
+    url = runs_table_url(uri, experiment_id(space.base.mlflow.experiment, uri))
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow tracking URI: {uri}; the study's runs table: {url}")
+    else:
+        print(f"MLflow tracking URI: {uri}; start the UI with `mlflow ui --backend-store-uri {uri}` "
+              f"and open the study's runs table at {url}")
+    return url
 
 
 def _submit(args) -> int:

@@ -131,6 +131,14 @@ class MlflowConfig(_Strict):
     parent_run_id: str | None = Field(default=None, description="set by `raypose tune` for trial runs")
     run_id: str | None = Field(default=None, description="log into this existing run (set by `raypose tune`)")
     tags: dict[str, str] = Field(default_factory=dict)
+    params: list[str] | None = Field(
+        default=None, description="the config keys logged as MLflow params (`raypose tune` sets a trial's searched "
+        "keys plus backbone, epochs and images per step); default: every setting. The whole resolved config is "
+        "always logged as the artifact config.yaml",
+    )
+    system_metrics: bool = Field(default=True, description="log CPU, memory, disk, network and GPU use (system/*) "
+                                 "from the rank-0 worker")
+    system_metrics_interval_s: float = Field(default=10.0, gt=0)
 
 
 class TrainConfig(_Strict):

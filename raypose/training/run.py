@@ -64,6 +64,11 @@ _clock = time.monotonic  # when the last checkpoint was written (checkpoint_ever
 EVAL_KEYS = {"oks_map": "AP", "oks_ap50": "AP50", "oks_ap75": "AP75", "oks_ar": "AR"}
 # What Ray Train ranks checkpoints by (see _evaluate_if_due); not logged to MLflow.
 CHECKPOINT_SCORE = "checkpoint_score"
+# Numbers an epoch reports (to Tune, and in the history) that are settings of the run, not curves:
+# MLflow gets them as tags, so its charts and Compare views show what changes.
+BOOKKEEPING_TAGS = {"world_size": "raypose.world_size", "nodes": "raypose.nodes",
+                    "images": "raypose.train_images_per_epoch", "optimizer_steps": "raypose.optimizer_steps_per_epoch"}
+NOT_LOGGED = ("epoch", CHECKPOINT_SCORE, "evaluated", *BOOKKEEPING_TAGS)
 # In each report: every evaluated epoch so far, restored ones included, as JSON [[epoch, oks_map], ...].
 # Tune forgets a function trial's results from before an interruption; the search reads this.
 OKS_CURVE = "oks_map_curve"
@@ -172,7 +177,9 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
             state.logged_epochs = state.tracker.logged_steps("train_loss")
             if state.history:
                 # epochs a crash between checkpoint and log, or an outage that outlasted the last run, kept out
-                state.tracker.backfill(state.history, skip=(CHECKPOINT_SCORE,))
+                state.tracker.backfill(state.history, skip=NOT_LOGGED)
+                # the files as of the restored epoch: the run may end (ASHA) before its next epoch does
+                log_run_artifacts(state.tracker, state.history)
     if start_epoch >= config.epochs and state.history:
         # resumed after its last epoch (interrupted before it could say so): tell the session how it ended
         session.already_finished(with_curve(state.history[:-1], state.history[-1]))
@@ -184,7 +191,6 @@ def run_training(config: TrainConfig, session: Session) -> dict[str, Any]:
             state.tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     if state.tracker is not None:
-        _log_final_artifacts(state.tracker, config, state.history)
         state.tracker.end("FINISHED")
     best = max(state.history, key=lambda m: m.get("oks_map", float("-inf")), default={})
     return {"history": state.history, "best": best}
@@ -266,20 +272,37 @@ def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
             "epoch %d/%d: loss %.4f oks_map %s (%.1f images/s)", epoch + 1, config.epochs,
             metrics["train_loss"], f"{metrics['oks_map']:.4f}" if "oks_map" in metrics else "-", metrics["images_per_s"],
         )
+    # MLflow before the report: once Tune has the result, ASHA may end the trial at once
+    _log_epoch(state, epoch, metrics)
     _checkpoint_and_report(state, metrics)
-    # after the checkpoint: an epoch interrupted before it is trained again on resume, and
-    # would otherwise be logged twice
-    if state.tracker is not None and epoch + 1 in state.logged_epochs:
+    if state.tracker is not None and epoch + 1 not in state.logged_epochs:
+        state.tracker.log_metrics(checkpoint_timing(state), step=epoch + 1)  # known once it is stored
+    return metrics
+
+
+def _log_epoch(state: TrainingState, epoch: int, metrics: dict[str, float]) -> None:
+    """The epoch's metrics, bookkeeping tags and the run's files to MLflow (rank 0).
+
+    An epoch the run already holds (trained again after a restart before its checkpoint was
+    stored) is not logged twice; its files are, as they stand.
+    """
+    tracker = state.tracker
+    if tracker is None:
+        return
+    if epoch + 1 in state.logged_epochs:
         log.info("epoch %d is already in MLflow run %s (trained again after a restart): not logged twice",
-                 epoch + 1, state.tracker.run_id)
-    elif state.tracker is not None:
+                 epoch + 1, tracker.run_id)
+    else:
         # OKS first: MLflow keeps a run's metrics in the order first logged, and its Compare view
         # plots the first shared metric (so oks_map, against the searched params)
         ordered = {**{k: metrics[k] for k in EVAL_KEYS if k in metrics}, **metrics}
-        ordered.update(checkpoint_timing(state) if session.world_rank == 0 else {})
-        state.tracker.log_metrics({k: v for k, v in ordered.items() if k not in ("epoch", CHECKPOINT_SCORE)},
-                                  step=epoch + 1)
-    return metrics
+        tracker.log_metrics({k: v for k, v in ordered.items() if k not in NOT_LOGGED}, step=epoch + 1)
+        tracker.set_tags({tag: int(metrics[k]) for k, tag in BOOKKEEPING_TAGS.items() if k in metrics})
+    if state.config.mlflow.system_metrics and not tracker.system_metrics_started:
+        # after the first epoch's metrics: MLflow lists a run's metrics in the order first logged
+        tracker.start_system_metrics(state.config.mlflow.system_metrics_interval_s)
+    # every epoch, not only at the end: a trial ASHA stops (or a lost run) never reaches the end
+    log_run_artifacts(tracker, [*state.history, metrics])
 
 
 def _evaluate_if_due(state: TrainingState, epoch: int) -> dict[str, float]:
@@ -442,6 +465,7 @@ MLFLOW_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST
 
 
 def _start_tracking(config: TrainConfig, run_id: str | None, world_size: int):
+    """The run's MLflow run (rank 0): params, the resolved config, the datasets, system metrics."""
     if not config.mlflow.enabled:
         return None
     from raypose.experiment_log import MlflowRun, resolve_tracking_uri
@@ -459,15 +483,58 @@ def _start_tracking(config: TrainConfig, run_id: str | None, world_size: int):
         parent_run_id=config.mlflow.parent_run_id,
         best_effort=True,
     )
-    tracker.log_params({**recipe_params(config), **scale_params(config, world_size)})
+    params, context = run_params(config, world_size)
+    tracker.log_params(params)
+    tracker.set_tags(context)
+    with tempfile.TemporaryDirectory(prefix="raypose-config-") as tmp:
+        from raypose.training.config import save_resolved_config
+
+        save_resolved_config(config, Path(tmp) / "config.yaml")  # the whole recipe, whatever params show
+        tracker.log_artifact(Path(tmp) / "config.yaml")
+    tracker.log_inputs(dataset_inputs(config))
     return tracker
 
 
-def _log_final_artifacts(tracker, config: TrainConfig, history: list[dict]) -> None:
-    from raypose.training.config import save_resolved_config
+# What a reader of a run needs beside the params ``mlflow.params`` names: tags when not a param.
+CONTEXT_TAGS = ("model.backbone", "epochs", "optim.images_per_step", "optim.effective_lr")
+
+
+def run_params(config: TrainConfig, world_size: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """A run's MLflow params and context tags. Params: every recipe setting and the lr at this
+    scale, or only the keys ``mlflow.params`` names (a study's trials: their searched values);
+    then :data:`CONTEXT_TAGS` that are not params are tags (``raypose.epochs``, ...).
+    ``optim.effective_lr`` (the lr the optimizer gets per step) compares trials whose ``optim.lr``
+    means different things: the baseline's is per 16 images (``optim.lr_scaling: linear``)."""
+    every = {**recipe_params(config), **scale_params(config, world_size)}
+    if config.mlflow.params is None:
+        return every, {}
+    params = {k: every[k] for k in config.mlflow.params if k in every}
+    return params, {f"raypose.{k}": str(every[k]) for k in CONTEXT_TAGS if k in every and k not in params}
+
+
+def dataset_inputs(config: TrainConfig) -> list:
+    """The training and validation annotation files as MLflow datasets, each with its sha256 digest
+    (a changed file is a different dataset); a file this process cannot read is left out."""
+    from raypose.experiment_log import dataset_input, file_digest
+
+    data = config.data
+    inputs = []
+    for context, rel in (("train", data.train_ann), ("validation", data.val_ann)):
+        path = data.path(rel)
+        try:
+            inputs.append(dataset_input(f"{data.kind}-{path.stem}", str(path.resolve()), file_digest(path), context))
+        except OSError as e:
+            log.warning("the %s annotations are not logged as an MLflow dataset (%s)", context, e)
+    return inputs
+
+
+def log_run_artifacts(tracker, history: list[dict]) -> None:
+    """The run's training curves (``training_curves.png``) and per-epoch metrics (``metrics.json``)
+    as they stand, replacing the previous epoch's."""
     from raypose.training.plots import plot_history
 
     with tempfile.TemporaryDirectory(prefix="raypose-artifacts-") as tmp:
-        save_resolved_config(config, Path(tmp) / "config.yaml")
         plot_history(history, Path(tmp) / "training_curves.png")
+        best = max(history, key=lambda m: m.get("oks_map", float("-inf")), default={})
+        (Path(tmp) / "metrics.json").write_text(json.dumps({"history": history, "best": best}, indent=1))
         tracker.log_artifact(tmp)

@@ -174,7 +174,8 @@ def run_error_analysis(dets_path: str, out_dir: Path, worst: int, split: HeldOut
 
     analysis = compute_analysis(load_analysis_input(split.ann, dets_path), worst=worst)
     files = write_report(analysis, out_dir, images_dir=split.images)
-    return {k: str(v) for k, v in files.items()}
+    # relative to best/ (metrics.json's folder): out_dir is a temporary folder until best/ is uploaded
+    return {k: Path(v).resolve().relative_to(out_dir.parent.resolve()).as_posix() for k, v in files.items()}
 
 
 def final_stage(
@@ -231,7 +232,7 @@ def final_stage(
         summary["analysis"] = run_error_analysis(evaluation["detections"], out_dir / "analysis", worst, split)
     summary["sentence"] = study_sentence(summary)
     write_json_atomic(out_dir / "metrics.json", summary, indent=2)
-    write_text_atomic(out_dir / "report.md", study_report(summary, trials, importances))
+    write_text_atomic(out_dir / "report.md", study_report(summary, trials, importances, folder=out_dir))
     return summary
 
 
@@ -308,7 +309,8 @@ def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def study_report(summary: dict[str, Any], trials: list[TrialResult], importances: Importances | None = None) -> str:
+def study_report(summary: dict[str, Any], trials: list[TrialResult], importances: Importances | None = None,
+                 folder: Path | None = None) -> str:
     """A Markdown summary: the sentence, the result, the trials' curves, one line per trial (best
     first), then which settings mattered."""
     lines = [
@@ -348,18 +350,20 @@ def study_report(summary: dict[str, Any], trials: list[TrialResult], importances
                   "| trial | MB |", "|---|---|",
                   *(f"| {trial} | {size / 1e6:.1f} |" for trial, size in sorted(kept.items(), key=lambda kv: -kv[1]))]
     lines += ["", *importance_lines(importances)]
-    lines += error_analysis_lines(summary.get("analysis"))
+    lines += error_analysis_lines(summary.get("analysis"), folder)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def error_analysis_lines(files: dict[str, str] | None) -> list[str]:
+def error_analysis_lines(files: dict[str, str] | None, folder: Path | None = None) -> list[str]:
     """``report.md``'s error analysis section: each error type's AP gain corrected on its own
-    beside the cumulative run, as a table and the two bar charts (files under ``analysis/``)."""
-    if not files or not Path(files.get("summary", "")).is_file():
+    beside the cumulative run, as a table and the two bar charts (files under ``analysis/``;
+    ``files`` are relative to ``folder``, best/)."""
+    summary_file = Path(folder or ".") / files.get("summary", "") if files else None
+    if summary_file is None or not summary_file.is_file():
         return []
     from raypose.analysis.report import isolated_gain_lines
 
-    analysis = json.loads(Path(files["summary"]).read_text())
+    analysis = json.loads(summary_file.read_text())
     return ["", "## Error analysis", "", *isolated_gain_lines(analysis), "",
             "![AP gain of each error type, cumulative](analysis/plots/progressive_gains.png) "
             "![AP gain of each error type on its own](analysis/plots/isolated_gains.png)", "",

@@ -108,7 +108,8 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
             cfg.mlflow.experiment, parent_run_id, trial_id, f"{kind if kind == 'baseline' else 'trial'}-{trial_id}",
             uri=cfg.mlflow.tracking_uri, tags={"raypose.trial_kind": kind, "raypose.study": space.name},
         )
-        updates["mlflow"] = cfg.mlflow.model_copy(update={"run_id": run_id, "parent_run_id": parent_run_id})
+        updates["mlflow"] = cfg.mlflow.model_copy(update={"run_id": run_id, "parent_run_id": parent_run_id,
+                                                          "params": trial_param_keys(space)})
     # A lost worker or node is restored inside the trial by Train (base max_failures), from the
     # trial's last checkpoint and on its own placement group; Tune's retries (tune.max_failures)
     # are for a trial whose driver itself was lost.
@@ -120,6 +121,15 @@ def train_driver(config: dict[str, Any], space: SearchSpace, parent_run_id: str 
         log.warning("trial %s failed (%s), reported to the search as oks_map %.1f: %s",
                     trial_id, failure, FAILED_TRIAL_SCORE, message)
         tune.report({METRIC: FAILED_TRIAL_SCORE, "epoch": 0, FAILURE_KEY: f"{failure}: {message}"[:500]})
+
+
+def trial_param_keys(space: SearchSpace) -> list[str]:
+    """A trial run's MLflow params: the searched keys, nothing else. MLflow 3.17's Compare view
+    opens its scatter plot on the first param by name and its parallel coordinates on the first
+    three that differ (benchmarks/check_mlflow_ui.py): any other param, such as ``epochs``, would
+    take a searched setting's place. What else a reader needs is in tags (``raypose.epochs``, ...)
+    and the whole config in ``config.yaml``."""
+    return list(space.search)
 
 
 class TrialRunCloser(Callback):
@@ -218,14 +228,36 @@ def keep_only_checkpoints(run_folder: str, keep: set[str]) -> int:
     return len(stale)
 
 
+OPTUNA_STUDY_FILE = "optuna.db"  # the Optuna study, beside Tune's state: optuna-dashboard sqlite:///optuna.db
+OPTUNA_STUDY_NAME = "optuna"  # Ray's OptunaSearch's default study name
+
+
 class ConfigKeyOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` whose Tune configs carry config keys only.
+    """``OptunaSearch`` whose Tune configs carry config keys only, and whose study is kept as a
+    file (``export_to``, a local path or a URI) that Optuna's own tools open.
 
     Ray records every ``suggest_*`` call of the define-by-run sampler under Optuna's parameter
     name, which is ``optim.lr|1`` for a dimension with alternatives. :class:`SpaceSampler`
     returns each value under its config key too, so the Optuna names are dropped here: Tune's
-    config, its trial names and everything read from them say ``optim.lr``.
+    config, its trial names and everything read from them say ``optim.lr``. (The Optuna study
+    keeps Optuna's names: each alternative is its own parameter there.)
+
+    The study itself stays in memory, pickled with Tune's state as Ray does (so ``--resume``
+    works as before); each time Tune saves the searcher it is also copied to ``export_to`` as an
+    sqlite file.
     """
+
+    def __init__(self, *args, export_to: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.export_to = export_to
+
+    def save(self, checkpoint_path: str) -> None:
+        super().save(checkpoint_path)
+        if self.export_to and self._ot_study is not None:
+            try:
+                export_study(self._ot_study, self.export_to)
+            except Exception:  # bookkeeping must never break the search
+                log.exception("could not copy the Optuna study to %s", self.export_to)
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -238,9 +270,45 @@ class ConfigKeyOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
 
+def export_study(study: optuna.Study, location: str) -> str:
+    """Copy ``study`` into a new sqlite file at ``location`` (a local path or a URI), replacing
+    the previous copy whole (temporary name and rename; one put on S3)."""
+    import tempfile
+
+    from raypose.storage import upload_folder
+
+    optuna_log = logging.getLogger("optuna")
+    level = optuna_log.level
+    optuna_log.setLevel(logging.WARNING)  # not "A new study created in RDB" at every save
+    try:
+        with tempfile.TemporaryDirectory(prefix="raypose-optuna-") as tmp:
+            name = location.rstrip("/").rsplit("/", 1)[-1]
+            optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage,
+                              to_storage=f"sqlite:///{Path(tmp) / name}", to_study_name=study.study_name)
+            upload_folder(Path(tmp), location.rstrip("/").rsplit("/", 1)[0])
+    finally:
+        optuna_log.setLevel(level)
+    return location
+
+
+def load_exported_study(location: str, folder: Path) -> optuna.Study | None:
+    """The study :func:`export_study` wrote at ``location`` (copied into the local ``folder``),
+    or None when there is none."""
+    from raypose.storage import fetch_file
+
+    local = folder / OPTUNA_STUDY_FILE
+    try:
+        fetch_file(location, local)
+    except (FileNotFoundError, OSError):
+        return None
+    storage = optuna.storages.RDBStorage(f"sqlite:///{local}")
+    return optuna.load_study(study_name=OPTUNA_STUDY_NAME, storage=storage)
+
+
 def _search_alg(space: SearchSpace) -> ConcurrencyLimiter:
     sampler = optuna.samplers.TPESampler(seed=space.tune.seed)
-    search = ConfigKeyOptunaSearch(space=SpaceSampler(space), metric=METRIC, mode=MODE, sampler=sampler)
+    search = ConfigKeyOptunaSearch(space=SpaceSampler(space), metric=METRIC, mode=MODE, sampler=sampler,
+                                   study_name=OPTUNA_STUDY_NAME, export_to=join(space.study_dir, OPTUNA_STUDY_FILE))
     return ConcurrencyLimiter(search, max_concurrent=space.tune.max_concurrent)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raypose.checkpoint import CHECKPOINT_FILE
 from raypose.data.prepare import ensure_data
 from raypose.storage import folder_bytes, join, read_text, upload_folder, write_text
 from raypose.training.ray_train import final_stage_wants_gpu, fit_to_cluster, init_ray, run_with_a_gpu
@@ -130,7 +131,13 @@ def final_stage_into(space: SearchSpace, best: TrialResult, baseline: TrialResul
             from raypose.experiment_log import MlflowRun
 
             experiment, uri, run_id = parent_ref
-            _log_summary(MlflowRun(experiment, uri=uri, run_id=run_id), summary, best, Path(tmp))
+            parent = MlflowRun(experiment, uri=uri, run_id=run_id)
+            if "search_oks_map" in parent.metrics():
+                log.info("the parent run already holds this study's result: not logged again")
+            else:
+                _write_study_pages(space, Path(tmp))
+                _log_summary(parent, summary, best, Path(tmp))
+                _register_best_model(space, parent, summary, Path(tmp))
         upload_folder(Path(tmp), best_dir)
     return summary, describe_here()
 
@@ -160,18 +167,35 @@ def _parent_run(space: SearchSpace, resume: bool):
     state = read_text(state_file) if resume else None
     run_id = json.loads(state)["run_id"] if state else None
     run = MlflowRun(base.mlflow.experiment, uri=base.mlflow.tracking_uri, run_id=run_id,
-                    run_name=f"study-{space.name}", tags={"raypose.study": space.name})
+                    run_name=f"study-{space.name}", tags=parent_tags(space))
     if run_id is None:
         write_text(state_file, json.dumps({"run_id": run.run_id}))
-        run.log_params({
-            "num_samples": space.tune.num_samples, "max_concurrent": space.tune.max_concurrent,
-            "epochs": base.epochs, "workers_per_trial": base.workers, "asha": space.tune.asha.enabled,
-            "baseline": space.tune.baseline,
-            # the space, under the same names the trials' params use
-            **{key: describe_dimension(alternatives) for key, alternatives in space.search.items()},
-        })
+        # the space, under the names the trials' params use: the only params, so that Compare and
+        # the runs table show what was searched (the study's settings are tags)
+        run.log_params({key: describe_dimension(alternatives) for key, alternatives in space.search.items()})
         run.log_artifact(space.source)
+        from raypose.training.run import dataset_inputs
+
+        run.log_inputs(dataset_inputs(base))
     return run
+
+
+def parent_tags(space: SearchSpace) -> dict[str, str]:
+    """The parent run's tags: the study, where Tune's state and the Optuna study are, the study's
+    settings, and MLflow's source tags (program, git commit, user), which the trials inherit."""
+    from raypose.experiment_log import source_tags
+    from raypose.tuning.search import OPTUNA_STUDY_FILE
+
+    tune = space.tune
+    return {
+        **source_tags(),
+        "raypose.study": space.name,
+        "raypose.tune_dir": space.tune_dir,  # tune.Tuner.restore(...), or raypose tune --resume
+        "raypose.optuna_study": join(space.study_dir, OPTUNA_STUDY_FILE),
+        "raypose.tune.num_samples": str(tune.num_samples), "raypose.tune.max_concurrent": str(tune.max_concurrent),
+        "raypose.tune.asha": str(tune.asha.enabled), "raypose.tune.baseline": str(tune.baseline),
+        "raypose.epochs": str(space.base.epochs), "raypose.workers_per_trial": str(space.base.workers),
+    }
 
 
 def describe_dimension(alternatives: list) -> str:
@@ -187,22 +211,79 @@ def describe_dimension(alternatives: list) -> str:
     return "; ".join(parts)
 
 
+def _write_study_pages(space: SearchSpace, best_dir: Path) -> None:
+    """Beside report.md: report.html (MLflow's artifact viewer shows HTML, not Markdown) and
+    Optuna's own plots of the study (its history and slice plots)."""
+    from raypose.tuning.plots import plot_optuna_study
+    from raypose.tuning.report_html import write_report_html
+    from raypose.tuning.search import OPTUNA_STUDY_FILE, load_exported_study
+
+    with tempfile.TemporaryDirectory(prefix="raypose-optuna-") as tmp:
+        try:
+            study = load_exported_study(join(space.study_dir, OPTUNA_STUDY_FILE), Path(tmp))
+            if study is not None:
+                plot_optuna_study(study, best_dir)
+        except Exception:  # plots must never fail the study
+            log.exception("Optuna's plots of the study could not be drawn")
+    if (best_dir / "report.md").is_file():
+        write_report_html(best_dir / "report.md", best_dir / "report.html")
+
+
 def _log_summary(parent, summary: dict[str, Any], best: TrialResult, best_dir: Path) -> None:
-    """The study's result on the parent run: metrics once (a resumed, finished study adds none),
-    the best trial as a tag, ``best/`` as artifacts."""
-    if "best_oks_map" in parent.metrics():
-        log.info("the parent run already holds this study's result: not logged again")
-        return
+    """The study's result on the parent run: its scores under their own names (chosen on the
+    search's images, reported on the held-out ones), the best trial as a tag, ``best/`` as artifacts."""
+    reported = "heldout_oks_map" if summary.get("held_out") else "validation_oks_map"
     parent.log_metrics({
-        "best_oks_map": summary["search_oks_map"],
-        "best_val_AP": summary["validation"]["AP"],
+        "search_oks_map": summary["search_oks_map"],  # the best trial's, on the images it was chosen on
+        reported: summary["validation"]["AP"],
         "baseline_oks_map": summary["baseline_oks_map"] or 0.0,
         "gain_over_baseline": summary["gain_over_baseline"] or 0.0,
         "trial_epochs_saved": summary["trial_epochs_saved"],
     }, step=0)
     parent.set_tags({"raypose.best_trial": best.trial_id, "mlflow.note.content": summary["sentence"],
                      "raypose.inference": summary.get("inference", "stock")})
-    for plot in ("trial_curves.png", "importances.png"):  # at the top of the run's artifacts, to see first
-        if (best_dir / plot).is_file():
-            parent.log_artifact(best_dir / plot)
+    # at the top of the run's artifacts, to see first
+    for page in ("report.html", "trial_curves.png", "importances.png", "optuna_history.png", "optuna_slice.png"):
+        if (best_dir / page).is_file():
+            parent.log_artifact(best_dir / page)
     parent.log_artifact(best_dir, "best")
+
+
+def _register_best_model(space: SearchSpace, parent, summary: dict[str, Any], best_dir: Path) -> None:
+    """The best checkpoint as an MLflow PyTorch model on the parent run, registered as a new
+    version of the model named after the study, the version tagged with the trial and its scores."""
+    from raypose.experiment_log import register_pose_model, save_pose_model
+
+    checkpoint = best_dir / CHECKPOINT_FILE
+    example = first_validation_image(space.base)
+    if not checkpoint.is_file() or example is None:
+        log.warning("the best model is not registered: %s", "no checkpoint" if example else "no validation image")
+        return
+    tags = {"raypose.study": space.name, "raypose.trial_id": summary["best_trial"],
+            "raypose.parent_run_id": parent.run_id, "search_oks_map": f"{summary['search_oks_map']:.4f}",
+            ("heldout_oks_map" if summary.get("held_out") else "validation_oks_map"): f"{summary['validation']['AP']:.4f}",
+            "raypose.inference": summary.get("inference", "stock")}
+    try:
+        with tempfile.TemporaryDirectory(prefix="raypose-model-") as tmp:
+            model_dir = save_pose_model(checkpoint, example, Path(tmp) / "model")
+            version = register_pose_model(parent.uri, parent.run_id, model_dir, space.name, tags,
+                                          description=summary["sentence"])
+    except Exception:  # best/checkpoint.pth is there either way: the study's result must not be lost
+        log.exception("the best model could not be logged to MLflow's model registry at %s; best/%s holds it",
+                      parent.uri, CHECKPOINT_FILE)
+        return
+    parent.set_tags({"raypose.registered_model": f"models:/{space.name}/{version}"})
+    log.info("best model registered: models:/%s/%s (raypose predict models:/%s/%s IMAGES --out results.json)",
+             space.name, version, space.name, version)
+
+
+def first_validation_image(config) -> Path | None:
+    """The first image of the validation set (the registered model's input example)."""
+    from raypose.io import load_json
+
+    data = config.data
+    try:
+        images = load_json(data.path(data.val_ann)).get("images", [])
+    except Exception:
+        return None
+    return data.path(data.val_images) / images[0]["file_name"] if images else None

@@ -34,6 +34,10 @@ def test_analyze_writes_summary_and_report(tmp_path, capsys):
     assert len(list((out / "gallery").glob("worst_*.png"))) == 1
     printed = capsys.readouterr().out
     assert "Optimal score" in printed and "swap 2" in printed and "convention: raypose" in printed
+    # the report names its inputs by file name (they lie outside --out), never by a full path
+    assert summary["ground_truth"] == "gt.json" and summary["detections"] == "dets.json"
+    for written in ("summary.json", "report.html"):
+        assert str(tmp_path) not in (out / written).read_text(), written
     assert summary["convention"]["name"] == "raypose" and len(summary["isolated"]) == 7
 
 
@@ -108,6 +112,8 @@ def test_analyze_with_checkpoint_runs_the_oracle_study(tmp_path, tiny_checkpoint
     assert oracle["detections"]["ap"] == summary["progressive"][0]["ap"]
     assert 'id="oracle"' in (out / "report.html").read_text()
     assert (out / summary["files"]["plots"]["oracle_loss"]).is_file()
+    assert oracle["checkpoint"] == tiny_checkpoint.name  # outside --out: its file name only
+    assert str(tiny_checkpoint.parent) not in (out / "summary.json").read_text()
 
 
 def test_analyze_on_the_synthetic_data_set(tmp_path, synth_data):
@@ -148,7 +154,9 @@ def test_analyze_on_the_synthetic_data_set(tmp_path, synth_data):
     assert len(summary["worst"]) == len(gt["images"])
     worst = Image.open(out / summary["files"]["gallery"]["worst"][0]).convert("RGB")
     first = next(i for i in gt["images"] if i["id"] == summary["worst"][0])
-    assert worst.size == (first["width"], first["height"])  # the real image (small: not scaled)
+    long_side = max(first["width"], first["height"])
+    assert max(worst.size) == 640  # small images are scaled up so labels are legible
+    assert worst.size == (round(first["width"] * 640 / long_side), round(first["height"] * 640 / long_side))
     assert np.asarray(worst).std() > 10  # drawn on the photo, not a flat canvas
 
 

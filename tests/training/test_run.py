@@ -256,10 +256,11 @@ def test_checkpoints_leave_no_temporary_folder_and_their_cost_is_logged(tiny_tra
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = validate_train_config({**tiny_train_config, "epochs": 2, "schedule": {"name": "constant"},
-                                 "mlflow": {"enabled": True, "tracking_uri": uri, "experiment": "costs"}})
+                                 "mlflow": {"enabled": True, "tracking_uri": uri, "experiment": "costs",
+                                            "system_metrics_interval_s": 0.5}})
     session = LocalSession(cfg.run_dir)
     run_training(cfg, session)
-    assert [p.name for p in scratch.iterdir() if p.name.startswith("raypose-ckpt-")] == []
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("raypose-")] == []
     run_dir = tmp_path / "runs" / "tiny" / "checkpoints"
     assert [s.name for s in session.stored] == ["epoch_0001", "epoch_0002"]
     assert session.stored[-1].bytes == sum(f.stat().st_size for f in (run_dir / "epoch_0002").rglob("*"))
@@ -268,6 +269,36 @@ def test_checkpoints_leave_no_temporary_folder_and_their_cost_is_logged(tiny_tra
     sizes = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "checkpoint_mb"), key=lambda m: m.step)]
     assert sizes == pytest.approx([s.bytes / 1e6 for s in session.stored])
     assert run.data.metrics["checkpoint_wait_s"] >= run.data.metrics["checkpoint_upload_s"] > 0
+
+
+def test_mlflow_gets_curves_as_metrics_settings_as_tags_and_the_run_s_files(tiny_train_config, tmp_path):
+    """What MLflow's charts and Compare views show: metrics that change (oks_map first), not
+    bookkeeping constants (tags); the resolved config, curves, metrics file, datasets and system metrics."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = validate_train_config({**tiny_train_config, "epochs": 2, "schedule": {"name": "constant"},
+                                 "mlflow": {"enabled": True, "tracking_uri": uri, "experiment": "ui",
+                                            "params": ["optim.lr", "model.freeze"],
+                                            "system_metrics_interval_s": 0.5}})
+    run_training(cfg, LocalSession(cfg.run_dir))
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("ui").experiment_id])[0]
+    assert set(run.data.params) == {"optim.lr", "model.freeze"}  # as mlflow.params says; the context as tags
+    assert run.data.tags["raypose.epochs"] == "2" and run.data.tags["raypose.optim.images_per_step"] == "2"
+    assert next(iter(run.data.metrics)) == "oks_map"  # system metrics start after the first epoch's
+    assert not {"evaluated", "world_size", "images", "optimizer_steps", "checkpoint_score"} & set(run.data.metrics)
+    assert run.data.tags["raypose.world_size"] == "1" and int(run.data.tags["raypose.optimizer_steps_per_epoch"]) > 0
+    assert any(k.startswith("system/cpu") for k in run.data.metrics)  # MLflow's own monitor, on rank 0
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "training_curves.png", "metrics.json"} <= files
+    local = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))
+    assert [m["epoch"] for m in json.loads(open(local).read())["history"]] == [1, 2]
+    contexts = {d.dataset.name: [t.value for t in d.tags] for d in run.inputs.dataset_inputs}
+    assert contexts == {"synthetic-person_keypoints_train2017_foot23": ["train"],
+                        "synthetic-person_keypoints_val2017_foot23": ["validation"]}
 
 
 def test_metrics_of_epochs_past_the_last_checkpoint_are_dropped(tmp_path):

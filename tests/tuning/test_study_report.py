@@ -3,13 +3,18 @@ summary. Pure: no Ray, no MLflow."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+
+import matplotlib.pyplot as plt
 import numpy as np
+import optuna
 import pytest
 from PIL import Image
 
 from raypose.tuning.final import study_report, study_sentence
 from raypose.tuning.importance import key_distribution, param_importances
-from raypose.tuning.plots import plot_importances, plot_trial_curves
+from raypose.tuning.plots import plot_importances, plot_optuna_study, plot_trial_curves, trial_curves_figure
 from raypose.tuning.space import Distribution
 from raypose.tuning.trials import TrialResult, pick_best
 
@@ -88,6 +93,77 @@ def test_plots_are_written(tmp_path):
     assert Image.open(path).size[0] > 400
     imp = param_importances(trials, SEARCH)
     assert Image.open(plot_importances(imp, tmp_path / "imp.png")).size[1] > 100
+
+
+def test_curves_legend_names_every_setting_below_the_axes_and_no_line_hides_another():
+    """A tiny run's trials all stay at 0, on the baseline's line: each must still be seen and named."""
+    zeros = ((1, 0.0), (2, 0.0), (3, 0.0))
+    long = {"optim.name": "adamw", "optim.lr": 0.002, "optim.weight_decay": 0.0512345, "optim.schedule": "onecycle",
+            "model.freeze": "backbone", "data.augment.scale_jitter": 0.25}
+    trials = [TrialResult("base", "baseline", {}, history=zeros),
+              *(TrialResult(f"t{i}", "search", {**long, "optim.lr": 0.002 * (i + 1)}, history=zeros) for i in range(4)),
+              TrialResult("t9", "search", {"optim.name": "sgd", "optim.lr": 0.02}, history=((1, 0.3), (2, 0.4))),
+              TrialResult("failed", "search", {"optim.lr": 0.1}, error="boom")]
+    fig = trial_curves_figure(trials, best_id="t9")
+    try:
+        ax = fig.axes[0]
+        lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+        assert sorted(lines) == ["base", "t0", "t1", "t2", "t3", "t9"]  # the failed trial has no curve
+        searched = [lines[i] for i in ("t0", "t1", "t2", "t3", "t9")]
+        assert all(line.get_zorder() > lines["base"].get_zorder() for line in searched)
+        assert all(line.get_linewidth() < lines["base"].get_linewidth() for line in searched)  # base peeks out
+        assert len({line.get_marker() for line in searched}) == 5
+        assert len({line.get_color() for line in searched}) == 5 and lines["t9"].get_color() == "#d62728"
+        assert ax.get_ylim()[0] < 0  # a curve at 0 is not half clipped by the axes' edge
+
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert len(texts) == 6 and texts[0] == "base (torchvision default recipe)"
+        assert texts[-1] == "t9 (best): optim.name=sgd, optim.lr=0.02"
+        assert texts[1].startswith("t0: optim.name=adamw, optim.lr=0.002, optim.weight_decay=0.0512,")
+        assert all("optim.lr=" in t for t in texts[1:])
+        assert "data.augment.scale_jitter=0.25" in texts[1]  # full key names, wrapped between settings
+        assert all(len(row) <= 75 for t in texts for row in t.splitlines()) and "\n" in texts[1]
+
+        fig.canvas.draw()
+        legend_box, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend_box.y1 < axes_box.y0  # below the axes: it covers no line
+    finally:
+        plt.close(fig)
+
+
+def test_the_curves_image_holds_the_legend_below(tmp_path):
+    few = Image.open(plot_trial_curves(trials_where_freezing_decides(2), tmp_path / "few.png", best_id="t0"))
+    many = Image.open(plot_trial_curves(trials_where_freezing_decides(16), tmp_path / "many.png", best_id="t0"))
+    assert many.size[1] > few.size[1] + 60  # the same axes, and 8 rows of legend below them instead of 2
+
+
+def optuna_study(values: list[float]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for value in values:
+        study.add_trial(optuna.trial.create_trial(
+            params={"optim.lr": value / 100, "optim.name": "adamw" if value > 0.3 else "sgd"},
+            distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                           "optim.name": optuna.distributions.CategoricalDistribution(["sgd", "adamw"])},
+            value=value))
+    return study
+
+
+def test_optuna_plots_are_written_without_experimental_warnings(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)
+        paths = plot_optuna_study(optuna_study([0.1, 0.4, 0.2, 0.5]), tmp_path / "plots")
+    assert [p.name for p in paths] == ["optuna_history.png", "optuna_slice.png"]
+    assert all(Image.open(p).size[0] > 400 for p in paths)
+
+
+def test_optuna_plots_skip_what_too_few_trials_cannot_show(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="raypose.tuning.plots"):
+        assert plot_optuna_study(optuna_study([]), tmp_path) == []
+        assert "optuna_history.png: not drawn" in caplog.text and "0 complete trial" in caplog.text
+        caplog.clear()
+        assert [p.name for p in plot_optuna_study(optuna_study([0.3]), tmp_path)] == ["optuna_history.png"]
+        assert "optuna_slice.png: not drawn" in caplog.text and "1 complete trial" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna_history.png"]
 
 
 def summary(best_ap: float, baseline_ap: float | None, best="t1", baseline="t0") -> dict:
