@@ -269,7 +269,11 @@ class MlflowServer:
             except OSError:
                 return False
 
-        _wait_until(ready, f"mlflow server (log: {self.folder / 'server.log'})", self.proc)
+        try:  # a loaded 2-core machine has taken over 120 s to start it
+            _wait_until(ready, f"mlflow server (log: {self.folder / 'server.log'})", self.proc, timeout_s=300.0)
+        except BaseException:
+            self.stop()  # a server that never answered is not left running
+            raise
 
     def stop(self) -> None:
         if self.proc is not None:

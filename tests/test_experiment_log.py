@@ -99,7 +99,7 @@ def test_datasets_are_logged_once_with_their_digest(uri, tmp_path):
     assert file_digest(ann) != inputs[0].dataset.digest  # a changed file is another dataset
 
 
-def test_a_registered_model_predicts_what_its_checkpoint_predicts(mlflow_server, tmp_path):
+def test_a_registered_model_predicts_what_its_checkpoint_predicts(mlflow_server, tmp_path, monkeypatch):
     """The study's best checkpoint as an MLflow model, on a tracking server: registered, loaded back
     by mlflow.pytorch and by raypose (models:/NAME/VERSION, /latest), the same detections."""
     import json
@@ -135,16 +135,10 @@ def test_a_registered_model_predicts_what_its_checkpoint_predicts(mlflow_server,
     info = Model.load(str(model_dir))
     assert info.signature.inputs.inputs[0].shape == (-1, 3, -1, -1) and info.saved_input_example_info is not None
     x = torch.rand(3, 128, 160)
-    import mlflow
-
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(mlflow_server)
-    mlflow.set_registry_uri(mlflow_server)
-    try:
-        loaded = mlflow.pytorch.load_model("models:/s/1")
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    # as a user would point MLflow at the server; no global state is set (later tests read the default)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    loaded = mlflow.pytorch.load_model("models:/s/1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with torch.no_grad():
         a, b = model([x])[0], loaded.eval()([x])[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
