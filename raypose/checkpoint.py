@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from torchvision.models.detection import KeypointRCNN
 
 from raypose.errors import WeightsError
-from raypose.io import atomic_path
+from raypose.io import atomic_path, reporting_write_failures
 from raypose.model import ModelConfig, build_model, torch_load
 
 FORMAT = "raypose/1"
@@ -30,7 +30,12 @@ CHECKPOINT_FILE = "checkpoint.pth"
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, model_config: ModelConfig, **extra: Any) -> Path:
-    """Write a checkpoint atomically; ``extra`` adds training state (epoch, optimizer, ...)."""
+    """Write a checkpoint atomically; ``extra`` adds training state (epoch, optimizer, ...).
+
+    Raises:
+        OutputError: the disk is full or read-only; nothing of the new file is left, an older
+            checkpoint at ``path`` is kept, and the message names the folder and the bytes needed.
+    """
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -39,9 +44,21 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, model_confi
         "keypoint_names": list(model_config.schema.names),
         **extra,
     }
-    with atomic_path(path) as tmp:
+    fix = "free space there or write it to another disk (training writes each checkpoint under TMPDIR first)"
+    with atomic_path(path) as tmp, reporting_write_failures(Path(path).parent, _tensor_bytes(payload), fix):
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples): about a checkpoint's size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -27,5 +27,10 @@ class TrainingError(RayposeError):
     """Training cannot go on (for example a non-finite loss)."""
 
 
+class OutputError(RayposeError):
+    """A file or folder raypose writes cannot be written: the disk is full, read-only or over its
+    quota. The message names the folder, the reason in words and the fix."""
+
+
 class Interrupted(KeyboardInterrupt):
     """The user stopped a long run (Ctrl-C); its state is saved. The message says how to resume."""

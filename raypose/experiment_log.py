@@ -61,6 +61,91 @@ def resolve_tracking_uri(configured: str | None = None, base_dir: str | os.PathL
     return uri
 
 
+def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Check, before any work, that an http(s) tracking server answers; file and sqlite stores are
+    local and not probed.
+
+    One GET of the server's ``/health`` with a ``timeout_s`` limit: MLflow's own client retries a
+    refused connection with backoff for minutes before it gives up. Any HTTP answer (even 401 or
+    404 from a proxy in front of the server) counts as reachable; MLflow's calls report those.
+
+    Raises:
+        ConfigError: nothing answers at ``uri`` within ``timeout_s``; the message names the address.
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from raypose.errors import ConfigError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            response.read(64)
+    except urllib.error.HTTPError as e:
+        log.debug("MLflow tracking server %s answered /health with HTTP %s", uri, e.code)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        if isinstance(reason, ssl.SSLError):  # it answered; its certificate is MLflow's to judge
+            log.debug("MLflow tracking server %s: TLS handshake failed here (%s)", uri, reason)
+            return
+        raise ConfigError(
+            f"MLflow tracking server {uri} does not answer ({reason}; waited up to {timeout_s:g} s): start it with "
+            f"`mlflow server --host HOST --port PORT`, or unset MLFLOW_TRACKING_URI / set mlflow.tracking_uri to a "
+            "file store (e.g. sqlite:///mlflow.db)"
+        ) from None
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file (``sqlite:///``) or folder (``file:``) of a local MLflow store; None for a server
+    (``http(s)://``, ``databricks``, a database server), which is not on this disk."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :])  # sqlite:////abs/x.db -> /abs/x.db; sqlite:///x.db -> x.db
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    return None
+
+
+def check_local_store(uri: str) -> None:
+    """Refuse a local MLflow store that cannot be written, before anything opens it: a sqlite file
+    (and its folder, where sqlite keeps its journal) or a file store's folder on a read-only, full
+    or forbidden disk. Server URIs are left alone.
+
+    Raises:
+        ConfigError: naming the store, the reason in words and the fix.
+    """
+    from raypose.errors import ConfigError
+    from raypose.io import probe_writable, write_errno_meaning
+
+    path = local_store_path(uri)
+    if path is None:
+        return
+    if uri.startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise ConfigError(  # MLflow 3 refuses its file store unless asked (a traceback, after the model is built)
+            f"mlflow.tracking_uri {uri}: MLflow keeps its file store in maintenance mode and refuses it; use "
+            f"sqlite:///{path}.db (`mlflow migrate-filestore` moves old runs), or set MLFLOW_ALLOW_FILE_STORE=true"
+        )
+    path = path.absolute()
+    folder = path.parent if uri.startswith("sqlite:") else path
+    while not folder.exists():
+        folder = folder.parent
+    error = probe_writable(folder)
+    if error is None and path.is_file():
+        try:
+            os.close(os.open(path, os.O_RDWR))  # a read-only db file in a writable folder
+        except OSError as e:
+            error = e
+    meaning = write_errno_meaning(error) if error is not None else None
+    if meaning is not None:
+        raise ConfigError(
+            f"mlflow.tracking_uri {uri}: {meaning}; set mlflow.tracking_uri (or $MLFLOW_TRACKING_URI) to a "
+            "store in a writable folder, or log to a tracking server (`mlflow server --backend-store-uri ...`)"
+        )
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     """The id of experiment ``name``, created (as a model-training experiment) when missing.
 
@@ -109,6 +194,7 @@ class MlflowRun:
         flush_timeout_s: float = 300.0,
     ):
         self.uri = uri
+        check_local_store(uri)
         self.client = MlflowClient(uri)
         self.run_id = run_id
         self.best_effort = best_effort
@@ -294,7 +380,12 @@ def runs_table_url(uri: str, experiment_id: str, ui: str = "http://127.0.0.1:500
 
 
 def experiment_id(experiment: str, uri: str) -> str:
-    """The id of experiment ``experiment`` (created when missing)."""
+    """The id of experiment ``experiment`` (created when missing).
+
+    Raises:
+        ConfigError: a local store that cannot be written (:func:`check_local_store`).
+    """
+    check_local_store(uri)
     return get_or_create_experiment(MlflowClient(uri), experiment)
 
 
@@ -352,6 +443,7 @@ def _is_number(value: Any) -> bool:
 
 def create_run(experiment: str, uri: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
     """A new run (not started in this process: whoever trains logs into it by id)."""
+    check_local_store(uri)
     client = MlflowClient(uri)
     exp_id = get_or_create_experiment(client, experiment)
     return client.create_run(exp_id, tags=dict(tags or {}), run_name=run_name).info.run_id
@@ -432,13 +524,12 @@ def save_pose_model(checkpoint: str | os.PathLike, example_image: str | os.PathL
     import torchvision
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
-    from PIL import Image
 
     from raypose.checkpoint import load_model_from_checkpoint
+    from raypose.images import read_rgb
 
     model, _ = load_model_from_checkpoint(checkpoint, "cpu")
-    with Image.open(example_image) as im:
-        im = im.convert("RGB")
+    with read_rgb(example_image) as im:
         im.thumbnail((MAX_EXAMPLE_SIDE, MAX_EXAMPLE_SIDE))
         example = (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]  # (1, 3, H, W)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name="images")]))
@@ -486,6 +577,7 @@ def resolve_checkpoint(ref: str | os.PathLike, tracking_uri: str | None = None, 
     import mlflow.artifacts
 
     uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_server(uri)
     dest = cache or Path(tempfile.mkdtemp(prefix="raypose-model-"))
     client = MlflowClient(uri, registry_uri=uri)
     try:

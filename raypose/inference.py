@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.functional import pil_to_tensor
 
-from raypose.errors import ConfigError, InputError
+from raypose.errors import ConfigError
+from raypose.images import read_rgb_tensor
 from raypose.inference_options import InferenceOptions
 
 log = logging.getLogger(__name__)
@@ -44,18 +43,12 @@ def resolve_device(name: str, option: str = "--device") -> torch.device:
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An RGB image as a float tensor (3, H, W) in [0, 1].
+    """An image file as an 8-bit RGB float tensor (3, H, W) in [0, 1] (:func:`raypose.images.read_rgb`).
 
     Raises:
-        InputError: the file is missing or not an image.
+        InputError: the file is missing, not an image, or has pixels without an 8-bit RGB form.
     """
-    try:
-        with Image.open(path) as im:
-            return pil_to_tensor(im.convert("RGB")).float().div_(255.0)
-    except FileNotFoundError:
-        raise InputError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path}: cannot read image ({e})") from None
+    return read_rgb_tensor(path)
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

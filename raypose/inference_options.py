@@ -39,7 +39,7 @@ OPTION_NAMES = ("flip_test", "rescore", "oks_nms", "keypoint_probs")
 class InferenceOptions(BaseModel):
     """Which inference options run (see the module docstring); all off is stock KeypointRCNN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     flip_test: bool = Field(default=False, description="average the keypoint heatmaps of the image and its mirror")
     rescore: bool = Field(default=False, description="score = box score x mean keypoint probability above rescore_thresh")

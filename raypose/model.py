@@ -86,7 +86,7 @@ CROWD_IGNORE_OVERLAP = 0.7
 class ModelConfig(BaseModel):
     """What :func:`build_model` builds. Validated once; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"
     num_keypoints: Literal[17, 23] = 23

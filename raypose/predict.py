@@ -21,7 +21,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files named directly or found (sorted) in the named folders.
+    """Image files named directly or found (sorted) in the named folders, each file once.
+
+    An image reached twice (a folder and a file in it, the same file named twice, or a link to
+    it) is kept where it first appears: predicting it twice would add duplicate detections,
+    which COCOeval counts as false positives.
 
     Raises:
         InputError: a path does not exist, or nothing is found.
@@ -36,7 +40,14 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
             raise InputError(f"no such image or folder: {item}")
     if not files:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
-    return files
+    first_of: dict[Path, Path] = {}
+    for f in files:
+        first_of.setdefault(f.resolve(), f)
+    unique = list(first_of.values())
+    if len(unique) < len(files):
+        log.warning("%d duplicate image(s) dropped: named more than once (directly, in a folder or through a "
+                    "link); each is predicted once", len(files) - len(unique))
+    return unique
 
 
 def image_ids_for(files: list[Path], ann: str | os.PathLike | None) -> list[int]:
@@ -46,11 +57,16 @@ def image_ids_for(files: list[Path], ann: str | os.PathLike | None) -> list[int]
         InputError: a file is not in ``ann``, or (without ``ann``) its stem is not a number.
     """
     if ann is not None:
+        from raypose.data.annotations import validate_keypoint_file
+
         data = load_json(ann, what="annotation file")
-        by_name = {img["file_name"]: int(img["id"]) for img in data.get("images", [])}
+        validate_keypoint_file(data, str(ann))  # the checks every reader of an annotation file makes
+        by_name = {img["file_name"]: img["id"] for img in data["images"]}
         missing = [f.name for f in files if f.name not in by_name]
         if missing:
-            raise InputError(f"{ann}: no image entry for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+            raise InputError(
+                f"{ann}: no image entry for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            )
         return [by_name[f.name] for f in files]
     ids = []
     for f in files:
@@ -92,7 +108,9 @@ def predict_to_results(
         from raypose.experiment_log import resolve_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="raypose-model-") as tmp:
-            model, _ = load_model_from_checkpoint(resolve_checkpoint(checkpoint, tracking_uri, Path(tmp)), dev)
+            model, _ = load_model_from_checkpoint(
+                resolve_checkpoint(checkpoint, tracking_uri, Path(tmp)), dev
+            )
     else:
         model, _ = load_model_from_checkpoint(checkpoint, dev)
     outputs = predict_files(model, files, dev, batch_size, options)

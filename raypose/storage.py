@@ -7,10 +7,24 @@ S3-compatible store (MinIO, Ceph, moto) through ``AWS_ENDPOINT_URL``.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
-from raypose.io import atomic_path, write_text_atomic
+from raypose.errors import ConfigError, OutputError
+from raypose.io import (
+    FULL_ERRNOS,
+    atomic_path,
+    probe_writable,
+    reporting_write_failures,
+    write_errno_meaning,
+    write_failure,
+    write_text_atomic,
+)
+
+# What to do when storage is full, in the messages of a checkpoint that does not fit.
+FULL_STORAGE_FIX = "free space or choose another storage_path"
 
 
 def is_uri(path: str) -> bool:
@@ -27,6 +41,78 @@ def _filesystem(location: str):
     from pyarrow import fs
 
     return fs.FileSystem.from_uri(location if "://" in location else str(Path(location).resolve()))
+
+
+def check_writable(location: str, option: str = "storage_path") -> None:
+    """Refuse, before any work, a local ``location`` that cannot be written: its nearest existing
+    folder gets a one-byte file, removed at once (read-only mounts and, for root, permission bits
+    fool ``os.access``). A URI (``s3://``, ``gs://``) is not probed.
+
+    Raises:
+        ConfigError: naming ``option``, ``location``, the reason in words and the fix.
+    """
+    if is_uri(location):
+        return
+    target = Path(location.removeprefix("file://")).absolute()
+    folder = target
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {location}: {folder} is a file, not a folder; choose a folder")
+    error = probe_writable(folder)
+    meaning = write_errno_meaning(error) if error is not None else None
+    if error is not None and meaning is None:
+        raise error
+    if meaning is not None:
+        fix = (
+            "free space there or choose another folder"
+            if error.errno in FULL_ERRNOS
+            else "choose a writable folder"
+        )
+        where = "" if folder == target else f" (in {folder})"
+        raise ConfigError(f"{option} {location}: {meaning}{where}; {fix}")
+
+
+def move_folder(source: Path, dest: Path, fix: str = FULL_STORAGE_FIX) -> None:
+    """Move the local folder ``source`` to ``dest`` (which must not exist): a rename on one disk,
+    else a copy, then ``source`` removed. A copy that fails removes all it copied and leaves
+    ``source`` as it was; one that cannot fit is refused before it starts.
+
+    Raises:
+        OutputError: ``dest``'s disk is full, read-only or over quota; the message names the
+            folder, the bytes to copy and ``fix``.
+    """
+    source, dest = Path(source), Path(dest)
+    try:
+        os.rename(source, dest)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            error = write_failure(e, dest.parent, fix=fix)
+            if error is None:
+                raise
+            raise error from e
+    needed = folder_bytes(str(source))
+    free = shutil.disk_usage(dest.parent).free
+    if needed > free:
+        raise OutputError(
+            f"{dest.parent}: cannot write ({needed / 1e6:.1f} MB, {free / 1e6:.1f} MB free): "
+            f"no space left on the device; {fix}"
+        )
+    with reporting_write_failures(dest.parent, needed=needed, fix=fix):
+        dest.mkdir()
+    try:
+        with reporting_write_failures(dest.parent, needed=needed, fix=fix):
+            for item in sorted(source.rglob("*")):
+                target = dest / item.relative_to(source)
+                if item.is_dir():
+                    target.mkdir()
+                else:
+                    shutil.copyfile(item, target)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    shutil.rmtree(source)
 
 
 def fetch_file(source: str, dest: Path) -> Path:

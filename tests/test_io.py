@@ -139,3 +139,43 @@ def test_a_file_system_that_refuses_chmod_still_gets_the_file(tmp_path, monkeypa
     monkeypatch.setattr(os, "chmod", refuse)
     write_json_atomic(tmp_path / "out.json", {"a": 1})
     assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 5000 + "1" + "}" * 5000])
+def test_deeply_nested_json_is_refused_naming_the_file(tmp_path, text):
+    from raypose.errors import InputError
+    from raypose.io import load_json
+
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"deep.json: .*nested deeper than \d+ levels"):
+        load_json(path)
+
+
+def test_check_output_dir_refuses_an_input_at_a_written_name(tmp_path):
+    from raypose.io import check_output_dir
+
+    out = tmp_path / "out"
+    (out / "plots").mkdir(parents=True)
+    for name in ("summary.json", "plots/a.png", "keep.json", "deep/x/y.txt"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("input")
+    writes = ("summary.json", "plots/*.png", "deep/**")
+    for name in ("summary.json", "plots/a.png", "deep/x/y.txt"):
+        with pytest.raises(ConfigError, match=rf"writes {name} there, and that is the input {out / name}"):
+            check_output_dir(out, inputs=(out / name,), writes=writes)
+    assert check_output_dir(out, inputs=(out / "keep.json", None), writes=writes) == out
+    assert check_output_dir(tmp_path / "new", inputs=(out / "summary.json",), writes=writes) == tmp_path / "new"
+
+
+def test_check_output_dir_sees_through_links(tmp_path):
+    from raypose.io import check_output_dir
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "summary.json").write_text("input")
+    (tmp_path / "link").symlink_to(real)  # --out names the folder through a link
+    with pytest.raises(ConfigError, match="writes summary.json there"):
+        check_output_dir(tmp_path / "link", inputs=(real / "summary.json",), writes=("summary.json",))
+    with pytest.raises(ConfigError, match="is also an input"):
+        check_output_dir(tmp_path / "link", inputs=(real,), writes=("summary.json",))

@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw, ImageFont
 from raypose.analysis.error_types import UNCLASSIFIED
 from raypose.analysis.summary import AnalysisResult
 from raypose.data.draw import draw_skeletons
+from raypose.errors import InputError
+from raypose.images import read_rgb
 from raypose.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -55,10 +57,9 @@ def _canvas(result: AnalysisResult, image: int, images_dir: Path | None) -> Imag
     if images_dir is not None:
         path = images_dir / inp.file_names[image]
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except OSError as e:
-            logger.warning("%s: cannot read image (%s); drawing on a blank canvas", path, e)
+            return read_rgb(path)
+        except InputError as e:  # a gallery of the other images is still worth having
+            logger.warning("%s; drawing on a blank canvas", e)
     return Image.new("RGB", (int(inp.widths[image]), int(inp.heights[image])), (90, 90, 90))
 
 

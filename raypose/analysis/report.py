@@ -46,6 +46,8 @@ DEFAULT_MAX_LISTED = 50  # background false positives / missed people rendered i
 SUMMARY_FILE = "summary.json"  # names inside the report's folder
 PER_DETECTION_FILE = "per_detection.json"
 REPORT_FILE = "report.html"
+# Everything write_report writes into its folder (the CLI refuses an input at one of them).
+REPORT_FILES = (SUMMARY_FILE, PER_DETECTION_FILE, REPORT_FILE, "plots/*.png", "gallery/*.png")
 STEP_COLORS = ["#ffffff", "#F2E394", "#F2AE72", "#D96459", "#8C4646", "#4F82BD", "#8063A3", "#2E8B57"]
 
 

@@ -74,11 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_analyze(args: argparse.Namespace) -> int:
     from raypose.analysis.conventions import convention_for
     from raypose.analysis.data import load_analysis_input
-    from raypose.analysis.report import write_report
+    from raypose.analysis.report import REPORT_FILES, write_report
     from raypose.analysis.summary import compute_analysis
 
     convention = convention_for(args.convention)  # ConfigError naming the valid ones
-    check_output_dir(args.out)
+    check_output_dir(args.out, inputs=(args.gt, args.dets, args.images, args.checkpoint), writes=REPORT_FILES)
     if args.worst < 0 or args.max_listed < 0:
         raise ConfigError("--worst and --max-listed must be >= 0")
     if args.checkpoint and not args.images:

@@ -123,10 +123,10 @@ def _add_stats(commands) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from raypose.data.eda import write_stats
+    from raypose.data.eda import STATS_FILES, write_stats
     from raypose.io import check_output_dir
 
-    check_output_dir(args.out)
+    check_output_dir(args.out, inputs=(args.annotations,), writes=STATS_FILES)
 
     summary = write_stats(args.annotations, args.out)
     print(
@@ -154,12 +154,12 @@ def _add_show(commands) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from raypose.data.eda import write_samples
+    from raypose.data.eda import SAMPLE_FILES, write_samples
     from raypose.io import check_output_dir
 
     if args.num < 1:
         raise ConfigError(f"--num must be at least 1 (the number of images to draw), got {args.num}")
-    check_output_dir(args.out)
+    check_output_dir(args.out, inputs=(args.annotations, args.images), writes=SAMPLE_FILES)
 
     paths = write_samples(args.annotations, args.images, args.out, args.num, args.seed, not args.no_augment)
     print(f"wrote {len(paths)} images to {args.out}")

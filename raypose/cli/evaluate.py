@@ -131,9 +131,10 @@ def _parse_sigmas(text: str) -> list[float]:
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``raypose eval``: evaluate, print a table or JSON, optionally write a report."""
     from raypose.evaluation.cocoeval import STAT_NAMES, evaluate_keypoints, write_eval_report
+    from raypose.evaluation.plots import EVAL_REPORT_FILES
 
     if args.out is not None:
-        check_output_dir(args.out)
+        check_output_dir(args.out, inputs=(args.gt, args.dets), writes=EVAL_REPORT_FILES)
     result = evaluate_keypoints(
         args.gt,
         args.dets,

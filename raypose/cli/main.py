@@ -13,6 +13,8 @@ import logging
 import sys
 
 from raypose.errors import RayposeError
+from raypose.io import DISK_ERRNOS, write_errno_meaning
+from raypose.stop_signals import treated_as_ctrl_c
 
 COMMAND_MODULES = (
     "raypose.cli.data",
@@ -47,9 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
     try:
-        return int(args.func(args) or 0)
+        with treated_as_ctrl_c():  # SIGTERM (schedulers, `ray job stop`) and SIGHUP stop as Ctrl-C does
+            return int(args.func(args) or 0)
     except RayposeError as e:
         print(f"raypose {command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:  # only a disk that refused a write no earlier check could foresee
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"raypose {command}: error: {write_errno_meaning(e)}{where}; free space or write elsewhere, then rerun", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"raypose {command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)

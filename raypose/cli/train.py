@@ -55,15 +55,47 @@ def _load(args) -> object:
 
 def _train(args) -> int:
     from raypose.data.prepare import ensure_data
+    from raypose.errors import Interrupted
+    from raypose.training.resume import run_lock
+
+    config = _load(args)
+    _check_writable_outputs(config)
+    check_services(config, uses_ray=config.workers > 0)
+    ensure_data(config.data)
+    from raypose.data.annotations import check_training_annotations  # both files, before any epoch
+
+    check_training_annotations(config.data.path(config.data.train_ann), config.data.path(config.data.val_ann))
+    if config.mlflow.enabled:
+        uri = config.mlflow.tracking_uri
+        print(f"MLflow tracking URI: {uri}  (open it with `mlflow ui --backend-store-uri {uri}`)")
+    with run_lock(config):  # one run of a name at a time: from its record to its last checkpoint
+        try:
+            return _train_locked(config)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (raypose.cli.main)
+            reason = f"{e}; " if str(e) else ""
+            raise Interrupted(f"{reason}run {config.name!r} keeps its checkpoints in {config.run_dir}; resume it "
+                              f"with: {_rerun_command(args)}") from e
+
+
+def _rerun_command(args) -> str:
+    """The command line that reruns (and so resumes) this ``raypose train``."""
+    import shlex
+
+    command = ["raypose", "train", args.config, *[a for o in args.overrides for a in ("--set", o)]]
+    if args.local:
+        command.append("--local")
+    if args.activation_stats:
+        command += ["--activation-stats", *args.activation_stats]
+    return shlex.join(command)
+
+
+def _train_locked(config) -> int:
     from raypose.training.resume import start_run_record
     from raypose.training.run import run_training
     from raypose.training.sessions import LocalSession
 
-    config = _load(args)
-    ensure_data(config.data)
-    if config.mlflow.enabled:
-        uri = config.mlflow.tracking_uri
-        print(f"MLflow tracking URI: {uri}  (open it with `mlflow ui --backend-store-uri {uri}`)")
     start_run_record(config)  # refuses a resume that changes what cannot change, before anything starts
     if config.workers == 0:
         out = run_training(config, LocalSession(config.run_dir, keep=config.keep_checkpoints))
@@ -81,13 +113,40 @@ def _train(args) -> int:
     return 0
 
 
+def _check_writable_outputs(config) -> None:
+    """A read-only or full storage_path or local MLflow store: refused before any work (ConfigError)."""
+    from raypose.experiment_log import check_local_store
+    from raypose.storage import check_writable
+
+    check_writable(config.storage_path)
+    if config.mlflow.enabled:
+        check_local_store(config.mlflow.tracking_uri)
+
+
+def check_services(config, uses_ray: bool) -> None:
+    """An MLflow server (http(s) tracking URI) or Ray cluster ($RAY_ADDRESS) that does not answer:
+    refused within seconds, before any work (ConfigError naming the address)."""
+    if config.mlflow.enabled:
+        from raypose.experiment_log import check_tracking_server
+
+        check_tracking_server(config.mlflow.tracking_uri)
+    if uses_ray:
+        from raypose.training.ray_train import check_ray_address
+
+        check_ray_address()
+
+
 def _overfit(args) -> int:
     from raypose.data.prepare import ensure_data
-    from raypose.training.overfit import run_overfit
+    from raypose.io import check_output_dir
+    from raypose.training.overfit import OVERFIT_FILES, run_overfit
 
     config = _load(args)
-    ensure_data(config.data)
     out = args.out or os.path.join(config.storage_path, f"{config.name}-overfit")
+    data = config.data
+    inputs = (args.config, data.path(data.train_ann), data.path(data.val_ann))
+    check_output_dir(out, "--out" if args.out else "the overfit folder", inputs=inputs, writes=OVERFIT_FILES)
+    ensure_data(config.data)
     result = run_overfit(config, args.images, args.epochs, out, eval_every=args.eval_every)
     first, last = result.first, result.last
     print(f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}; "

@@ -43,12 +43,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tune(args) -> int:
+    from raypose.cli.train import check_services
+    from raypose.errors import Interrupted
     from raypose.tuning.space import load_search_space
+
+    space = load_search_space(args.space, args.overrides)  # a bad space is refused before Ray is imported
+    check_services(space.base, uses_ray=True)
+    _check_writable_outputs(space)
+    _check_study_folder(space)
     from raypose.tuning.study import run_study
 
-    space = load_search_space(args.space, args.overrides)
     runs_table = _announce_mlflow(space)
-    study = run_study(space, resume=args.resume)
+    try:
+        study = run_study(space, resume=args.resume)
+    except Interrupted:  # the search's own, with how many trials are unfinished
+        raise
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (raypose.cli.main) outside the search loop
+        command = shlex.join(["raypose", "tune", args.space, *[a for o in args.overrides for a in ("--set", o)],
+                              "--resume"])
+        reason = f"{e}; " if str(e) else ""
+        raise Interrupted(f"{reason}study {space.name!r} stopped; its state is saved in {space.tune_dir}. "
+                          f"Resume it with: {command}") from e
     print(study.report)
     for note in study.notes:
         print(f"note: {note}")
@@ -57,6 +72,28 @@ def _tune(args) -> int:
         print(f"trials in MLflow: {runs_table}")
     print(study.summary["sentence"])
     return 0
+
+
+def _check_writable_outputs(space) -> None:
+    """A read-only or full tune.storage_path or local MLflow store: refused before any work (ConfigError)."""
+    from raypose.experiment_log import check_local_store
+    from raypose.storage import check_writable
+
+    check_writable(space.tune.storage_path, "tune.storage_path")
+    if space.base.mlflow.enabled:
+        check_local_store(space.base.mlflow.tracking_uri)
+
+
+def _check_study_folder(space) -> None:
+    """A space file where the study writes (``best/``, Tune's state and trial folders) is refused
+    before any work (ConfigError); a study folder on S3/GCS holds no local input."""
+    from raypose.io import check_output_dir
+    from raypose.storage import is_uri
+    from raypose.tuning.study import STUDY_FILES
+
+    if not is_uri(space.study_dir):
+        check_output_dir(space.study_dir, "the study folder (tune.storage_path/tune.name)", inputs=(space.source,),
+                         writes=STUDY_FILES)
 
 
 def _announce_mlflow(space) -> str | None:
@@ -77,8 +114,11 @@ def _announce_mlflow(space) -> str | None:
 
 
 def _submit(args) -> int:
+    from raypose.tuning.space import load_search_space
     from raypose.tuning.submit import submit_search
 
+    # a space the job would refuse is refused here, before anything is uploaded or queued
+    load_search_space(os.path.join(args.working_dir, args.space), args.overrides)
     command = ["python", "-m", "raypose", "tune", args.space]
     for override in args.overrides:
         command += ["--set", override]

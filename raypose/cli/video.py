@@ -100,10 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def video_command(args: argparse.Namespace) -> int:
-    from raypose.video.pipeline import VideoRunConfig, run_video
+    from raypose.video.pipeline import VIDEO_FILES, VideoRunConfig, run_video
     from raypose.video.tracking import TrackerConfig
 
-    check_output_dir(args.out)
+    check_output_dir(args.out, inputs=(args.input, args.checkpoint), writes=VIDEO_FILES)
     config = VideoRunConfig(
         checkpoint=args.checkpoint,
         out_dir=args.out,

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from raypose.data.annotations import KeypointAnnotations, load_keypoint_annotations
 from raypose.errors import InputError
+from raypose.images import read_rgb_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,23 @@ MIN_TRAIN_BOX_SIZE = 1.0
 # torchvision's references/detection keeps an image for keypoint training only with this many
 # labelled keypoints (min_keypoints_per_image in _coco_remove_images_without_annotations).
 MIN_KEYPOINTS_PER_IMAGE = 10
+
+
+class WorkerInputError(InputError):
+    """An :class:`InputError` raised in a DataLoader worker process, with its message intact.
+
+    A worker's exception reaches the main process as its type called on its traceback text
+    (``torch._utils.ExceptionWrapper.reraise``: ``"Caught X in DataLoader worker process
+    0.\\nOriginal Traceback ..."``); this type takes the original message back out of that text,
+    so the user reads the dataset's one line, not a traceback. :meth:`KeypointDataset.__getitem__`
+    raises it in workers only; in the main process its errors stay plain :class:`InputError`.
+    """
+
+    def __init__(self, message: str):
+        header = f"\n{type(self).__module__}.{type(self).__qualname__}: "  # the traceback's last line
+        if message.startswith("Caught ") and header in message:
+            message = message.split(header, 1)[1].rstrip("\n")
+        super().__init__(message)
 
 
 def training_person_mask(annotations: KeypointAnnotations) -> np.ndarray:
@@ -87,7 +104,10 @@ class KeypointDataset(torch.utils.data.Dataset):
         self.train = train
         self.transforms = transforms
         if not self.image_dir.is_dir():
-            raise InputError(f"image folder not found: {self.image_dir} (for {annotations.source})")
+            raise InputError(
+                f"{self.image_dir}: image folder not found (for {annotations.source}); "
+                "pass the folder holding the files its 'file_name' entries name"
+            )
         keep = training_person_mask(annotations) if train else np.ones(annotations.num_people, dtype=bool)
         self._select(keep, image_ids, min_keypoints_per_image)
 
@@ -137,23 +157,15 @@ class KeypointDataset(torch.utils.data.Dataset):
         row = self.image_rows[index]
         path = self.image_path(index)
         image_id = int(self.annotations.image_ids[row])
-        try:
-            with Image.open(path) as pil:
-                pil = pil.convert("RGB")
-        except FileNotFoundError:
-            raise InputError(
-                f"{path}: image file not found (image id {image_id} in {self.annotations.source})"
-            ) from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise InputError(f"{path}: cannot read image id {image_id}: {e}") from None
+        image = read_rgb_tensor(path, f"image id {image_id} in {self.annotations.source}")
+        size = (int(image.shape[2]), int(image.shape[1]))
         expected = (int(self.annotations.widths[row]), int(self.annotations.heights[row]))
-        if pil.size != expected:
+        if size != expected:
             raise InputError(
-                f"{path}: image id {image_id} is {pil.size[0]}x{pil.size[1]} but {self.annotations.source} "
+                f"{path}: image id {image_id} is {size[0]}x{size[1]} but {self.annotations.source} "
                 f"says {expected[0]}x{expected[1]}"
             )
-        array = np.asarray(pil, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return image
 
     def target(self, index: int) -> dict:
         """The torchvision target of item ``index`` (before transforms); training targets add
@@ -179,10 +191,15 @@ class KeypointDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        image = self.load_image(index)
-        target = self.target(index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
+        try:
+            image = self.load_image(index)
+            target = self.target(index)
+            if self.transforms is not None:
+                image, target = self.transforms(image, target)
+        except InputError as e:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            raise WorkerInputError(str(e)) from None
         return image, target
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from raypose.images import to_rgb
 from raypose.schema import KeypointSchema
 
 Color = tuple[int, int, int]
@@ -22,9 +23,14 @@ def _side(name: str) -> str:
 
 
 def to_pil(image) -> Image.Image:
-    """A PIL RGB copy of ``image``: PIL image, tensor (3, H, W) float in [0, 1] or uint8, or array (H, W, 3)."""
+    """A PIL RGB copy of ``image``: PIL image (any mode :func:`raypose.images.to_rgb` takes),
+    tensor (3, H, W) float in [0, 1] or uint8, or array (H, W, 3).
+
+    Raises:
+        InputError: a PIL image whose pixels have no 8-bit RGB form (float, 32-bit integer).
+    """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if hasattr(image, "detach"):  # torch tensor, without importing torch here
         array = image.detach().cpu().numpy()
         if array.ndim == 3 and array.shape[0] in (1, 3):

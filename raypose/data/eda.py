@@ -20,8 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from raypose.data.annotations import KeypointAnnotations, load_keypoint_annotations, person_category
-from raypose.errors import InputError
+from raypose.data.annotations import (
+    FileProblem,
+    KeypointAnnotations,
+    keypoint_file_problems,
+    load_keypoint_annotations,
+)
 from raypose.io import atomic_path, load_json, save_png, write_json_atomic
 from raypose.schema import KeypointSchema, schema_for
 
@@ -134,6 +138,11 @@ def _plot_stats(ann: KeypointAnnotations, summary: dict, out_dir: Path) -> list[
     return written
 
 
+# What write_stats and write_samples write into their folder (the CLI refuses an input at one of them).
+STATS_FILES = ("summary.json", "people_per_image.png", "keypoint_fractions.png", "box_sizes.png")
+SAMPLE_FILES = ("sample_*.png",)
+
+
 def write_stats(ann_path: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write ``summary.json`` and PNG plots of a keypoint file's statistics; return the summary."""
     ann = load_keypoint_annotations(ann_path)
@@ -200,8 +209,11 @@ class Issue:
     @property
     def location(self) -> str:
         """``image 3 annotation 7``, leaving out what the issue has not (the file, for file-level issues)."""
-        parts = [f"{what} {value}" for what, value in (("image", self.image_id), ("annotation", self.ann_id))
-                 if value is not None]
+        parts = [
+            f"{what} {value}"
+            for what, value in (("image", self.image_id), ("annotation", self.ann_id))
+            if value is not None
+        ]
         return " ".join(parts) or "file"
 
 
@@ -233,51 +245,21 @@ class CheckReport:
         }
 
 
-def _check_structure(ann: dict, n: int, k: int, cat_id: Any, images: dict, report: CheckReport) -> bool:
-    """Report what makes one annotation unusable; True if it can be checked further."""
-    ann_id = ann.get("id") if isinstance(ann, dict) else None
-    if ann_id is None:
-        what = "is not an object" if not isinstance(ann, dict) else "has no 'id'"
-        report.add("error", "malformed annotation", f"annotation #{n} (by position) {what}", ann_id=f"#{n}")
-        return False
-    image_id = ann.get("image_id")
-    where = {"image_id": image_id, "ann_id": ann_id}
-    if ann.get("category_id", cat_id) != cat_id:
-        report.add("error", "unknown category", f"category_id {ann.get('category_id')!r}", **where)
-        return False
-    if image_id not in images:
-        report.add("error", "unknown image", f"image_id {image_id!r} is not in 'images'", **where)
-        return False
-    kps, bbox = ann.get("keypoints"), ann.get("bbox")
-    if not isinstance(kps, list) or len(kps) != 3 * k:
-        got = len(kps) if isinstance(kps, list) else type(kps).__name__
-        report.add("error", "wrong keypoint count", f"expected {3 * k} values, got {got}", **where)
-        return False
-    if not isinstance(bbox, list) or len(bbox) != 4:
-        report.add("error", "malformed bbox", f"bbox {bbox!r} is not [x, y, w, h]", **where)
-        return False
-    values = kps + bbox + ([ann["area"]] if "area" in ann else [])
-    if not all(_is_number(v) for v in values):
-        report.add("error", "non-numeric value", "keypoints, bbox or area hold a non-finite or non-number", **where)
-        return False
-    return True
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_box_and_area(ann: dict, report: CheckReport) -> None:
     """A box needs a positive width and height; a person needs a positive area (OKS divides by it)."""
     where = {"image_id": ann["image_id"], "ann_id": ann["id"]}
     w, h = ann["bbox"][2:]
     if w < 0 or h < 0:
-        report.add("error", "negative box size", f"bbox {ann['bbox']} has a negative width or height", **where)
+        report.add(
+            "error", "negative box size", f"bbox {ann['bbox']} has a negative width or height", **where
+        )
     elif w == 0 or h == 0:
         report.add("error", "zero-area box", f"bbox {ann['bbox']} has no area", **where)
     if not ann.get("iscrowd") and "area" in ann and ann["area"] <= 0:
         kind = "zero area" if ann["area"] == 0 else "negative area"
-        report.add("error", kind, f"area {ann['area']}: OKS scales by the area, so no detection matches", **where)
+        report.add(
+            "error", kind, f"area {ann['area']}: OKS scales by the area, so no detection matches", **where
+        )
 
 
 def _check_person(ann: dict, image: dict, k: int, report: CheckReport) -> None:
@@ -317,44 +299,54 @@ def _check_person(ann: dict, image: dict, k: int, report: CheckReport) -> None:
         )
 
 
-def _check_images(entries: list, report: CheckReport) -> dict[Any, dict]:
-    """Image entries by id; reports entries without id / file_name and sizes that are not positive."""
+def _usable_images(entries: list, problems: list[FileProblem]) -> dict[Any, dict]:
+    """Image entries by id, leaving out those whose id or file name was reported; an entry whose
+    size was reported gets an infinite size (keypoints are not checked against it)."""
+    bad_size = {p.image_id for p in problems if p.kind == "bad image size"}
     images: dict[Any, dict] = {}
-    for n, image in enumerate(entries):
-        if not isinstance(image, dict) or image.get("id") is None or "file_name" not in image:
-            report.add("error", "malformed image", f"image entry #{n} (by position) needs 'id' and 'file_name'")
+    for image in entries:
+        if not isinstance(image, dict) or type(image.get("id")) is not int or image["id"] in images:
             continue
-        if image["id"] in images:
-            report.add("error", "duplicate image id", "image id appears twice", image_id=image["id"])
-        size = (image.get("width"), image.get("height"))
-        if not all(_is_number(v) and v > 0 for v in size):
-            report.add("error", "bad image size", f"width, height {size}: both must be positive", image["id"])
-            image = {**image, "width": math.inf, "height": math.inf}  # keypoints are not checked against it
+        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            continue
+        if image["id"] in bad_size:
+            image = {**image, "width": math.inf, "height": math.inf}
         images[image["id"]] = image
     return images
 
 
 def _check_image_files(images: dict[Any, dict], image_dir: Path, report: CheckReport) -> None:
-    """Every image file exists, decodes completely, and has the size its entry declares."""
-    from PIL import Image
+    """Every image file exists, decodes completely to 8-bit RGB as training decodes it, and has the
+    size its entry declares.
 
+    Raises:
+        InputError: ``image_dir`` is not a folder (one error, not one per image).
+    """
+    from raypose.errors import InputError
+    from raypose.images import read_rgb
+
+    if not image_dir.is_dir():
+        raise InputError(
+            f"{image_dir}: image folder not found (checking the images of {report.source}); "
+            "pass the folder holding the files its 'file_name' entries name"
+        )
     for image_id, image in images.items():
         path = image_dir / image["file_name"]
         if not path.is_file():
             report.add("error", "missing image file", str(path), image_id)
             continue
         try:
-            with Image.open(path) as im:
-                im.load()  # decodes every byte: a truncated or corrupt file fails here, not in training
-                size = im.size
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-            report.add("error", "unreadable image file", f"{path}: {type(e).__name__}: {e}", image_id)
+            size = read_rgb(path).size  # decodes every byte: a bad file fails here, not in training
+        except InputError as e:
+            report.add("error", "unreadable image file", str(e), image_id)
             continue
         declared = (image.get("width"), image.get("height"))
         if math.inf not in declared and size != declared:
             report.add(
-                "error", "image size mismatch", f"{path} is {size[0]}x{size[1]}, the entry says "
-                f"{declared[0]}x{declared[1]}", image_id,
+                "error",
+                "image size mismatch",
+                f"{path} is {size[0]}x{size[1]}, the entry says {declared[0]}x{declared[1]}",
+                image_id,
             )
 
 
@@ -368,20 +360,21 @@ def check_annotations(
     """
     name = "<annotations>" if isinstance(source, dict) else str(source)
     data = source if isinstance(source, dict) else load_json(source, what="annotation file")
-    if not isinstance(data, dict):
-        raise InputError(f"{name}: the top level must be a JSON object")
-    category = person_category(data.get("categories"), name)
+    # The problems every reader refuses come from the one validation; the rest are checked here.
+    category, problems = keypoint_file_problems(data, name)
     k = len(category["keypoints"])
     report = CheckReport(source=name)
-    images = _check_images(data.get("images") or [], report)
+    for problem in problems:
+        report.add("error", problem.kind, problem.message, problem.image_id, problem.ann_id)
+    images = _usable_images(data["images"], problems)
     report.images = len(images)
-    seen_ids, with_people = set(), set()
-    for n, ann in enumerate(data.get("annotations") or []):
-        if not _check_structure(ann, n, k, category["id"], images, report):
+    flagged = {p.ann_id for p in problems if p.ann_id is not None}
+    with_people = set()
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or ann.get("id") in flagged or ann.get("id") is None:
             continue
-        if ann.get("id") in seen_ids:
-            report.add("error", "duplicate annotation id", "id appears twice", ann["image_id"], ann.get("id"))
-        seen_ids.add(ann.get("id"))
+        if ann.get("category_id", category["id"]) != category["id"] or ann["image_id"] not in images:
+            continue  # another category, or on an image entry already reported
         report.people += 1
         with_people.add(ann["image_id"])
         _check_person(ann, images[ann["image_id"]], k, report)

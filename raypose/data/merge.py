@@ -15,15 +15,21 @@ would be written as the non-standard JSON token ``NaN``, and a ``v`` of 7 would 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from raypose.data.annotations import person_category, require_list
+from raypose.data.annotations import (
+    INT64_MAX,
+    INT64_MIN,
+    person_category,
+    require_list,
+    validate_keypoint_file,
+)
 from raypose.errors import InputError
-from raypose.io import check_output_file, load_json, write_json_atomic
+from raypose.io import atomic_path, check_output_file, load_json
 from raypose.schema import COCO17, COCO23, FOOT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,12 @@ def _index_by_id(annotations: list, name: str) -> dict[int, dict]:
     for n, ann in enumerate(annotations):
         if not isinstance(ann, dict) or ann.get("id") is None:
             raise InputError(f"{name}: annotation #{n} (by position) is not an object with an 'id'")
+        for key in ("id", "image_id"):
+            value = ann.get(key)
+            if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+                raise InputError(
+                    f"{name}: annotation #{n} (by position): '{key}' must be an integer fitting int64, got {value!r:.40}"
+                )
         if ann["id"] in by_id:
             raise InputError(f"{name}: duplicate annotation id {ann['id']}")
         by_id[ann["id"]] = ann
@@ -123,6 +135,12 @@ def merge_foot(
             f"{coco_name}: the person category has {len(category['keypoints'])} keypoints; "
             f"merge-foot expects the {NUM_BODY} COCO body points"
         )
+    validate_keypoint_file(coco, coco_name)
+    if not isinstance(foot, dict):
+        raise InputError(
+            f"{foot_name}: the top level must be a JSON object with 'annotations' and 'categories'"
+        )
+    person_category(foot.get("categories"), foot_name)
     coco_anns = require_list(coco, "annotations", coco_name)
     foot_by_id = _index_by_id(require_list(foot, "annotations", foot_name), foot_name)
     coco_ids = set(_index_by_id(coco_anns, coco_name))
@@ -158,7 +176,9 @@ def _merge_one(ann: dict, foot_ann: dict | None, coco_name: str, foot_name: str)
             f"{coco_name}: annotation {ann['id']} (image {ann.get('image_id')}): expected "
             f"{3 * NUM_BODY} keypoint values, got {got}"
         )
-    _check_points(keypoints, COCO17.names, f"{coco_name}: annotation {ann['id']} (image {ann.get('image_id')})")
+    _check_points(
+        keypoints, COCO17.names, f"{coco_name}: annotation {ann['id']} (image {ann.get('image_id')})"
+    )
     if foot_ann is None:
         foot_points = [0] * (3 * NUM_FOOT)
     else:
@@ -192,6 +212,7 @@ def merge_foot_files(
     merged, report = merge_foot(coco, foot, allow_unmatched, str(coco_path), str(foot_path))
     if report.foot_only:
         logger.warning("%s: dropped %d foot annotations without a COCO person", foot_path, report.foot_only)
-    write_json_atomic(Path(out_path), merged)
+    with atomic_path(out_path) as tmp, open(tmp, "w") as f:
+        json.dump(merged, f, allow_nan=False)  # NaN / Infinity are not JSON: never write them
     logger.info("wrote %s: %s", out_path, report.summary())
     return report

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,8 +35,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from raypose.data.merge import merge_foot_files
-from raypose.errors import InputError
-from raypose.io import atomic_path, write_json_atomic
+from raypose.errors import InputError, OutputError
+from raypose.io import atomic_path, reporting_write_failures, write_failure, write_json_atomic
 from raypose.schema import COCO17, COCO23
 
 logger = logging.getLogger(__name__)
@@ -460,15 +462,55 @@ def generate_synthetic_dataset(
             uniformly from this range. Overrides ``style.image_size``.
         style: how hard the images are (people per image, their size, clutter); default standard.
 
+    The set is written into a temporary folder beside ``out_dir`` and moved into it at the end:
+    a run that fails (a full disk) leaves ``out_dir`` as it was, or absent.
+
     Raises:
         InputError: negative counts or an invalid style.
+        OutputError: the disk is full or read-only; the message names ``out_dir``.
     """
     if num_train < 0 or num_val < 0:
         raise InputError(f"image counts must be >= 0, got train={num_train} val={num_val}")
     style = style or SynthStyle()
     if image_size is not None:
         style = replace(style, image_size=tuple(image_size))
-    layout = SynthLayout(root=Path(out_dir))
+    out = Path(out_dir)
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the first folder made here
+    fix = "free space there or choose another folder"
+    staging = None
+    try:
+        with reporting_write_failures(out, fix=fix):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+            layout = _write_dataset(staging, num_train, num_val, seed, style)
+            _move_into(staging, out)
+    except OutputError as e:  # a file's atomic write failed: name the folder the user chose, not the temporary one
+        cause = e.__cause__
+        renamed = write_failure(cause, out, fix=fix) if isinstance(cause, OSError) else None
+        raise (renamed or e) from cause
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created is not None and created != out and not out.exists():
+            shutil.rmtree(created, ignore_errors=True)  # only our temporary folder was in it
+    return replace(layout, root=out)
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Rename ``staging``'s files into ``out`` (all on one disk), the manifest last; files of ``out``
+    with other names stay."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    for source in files:
+        target = out / source.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+
+
+def _write_dataset(root: Path, num_train: int, num_val: int, seed: int, style: SynthStyle) -> SynthLayout:
+    layout = SynthLayout(root=root)
     for split, count in (("train", num_train), ("val", num_val)):
         folder = layout.images(split)
         folder.mkdir(parents=True, exist_ok=True)

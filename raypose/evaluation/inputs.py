@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from raypose.data.annotations import VALID_VISIBILITY, _parse_images, person_category
+from raypose.data.annotations import VALID_VISIBILITY, _parse_images, validate_keypoint_file
 from raypose.errors import InputError
 from raypose.evaluation.fast import CategoryData
 from raypose.io import load_json
@@ -126,7 +126,7 @@ def ground_truth_from_dict(data: Any, source: str) -> GroundTruth:
             )
     if not isinstance(data["annotations"], list):
         raise InputError(f"{source}: 'annotations' must be a list of objects")
-    category = person_category(data["categories"], source)
+    category = validate_keypoint_file(data, source)  # the checks every reader of the file makes
     names = tuple(str(n) for n in category["keypoints"])
     image_ids, file_names, widths, heights = _parse_images(data["images"], source)
     anns = _person_annotations(data, category, source)
@@ -205,9 +205,7 @@ def _gt_arrays(anns: list[dict], image_ids: np.ndarray, num_kpts: int, source: s
     kpts = _rows([a["keypoints"] for a in anns], 3 * num_kpts, source, "annotation", "keypoints", labels)
     boxes = _rows([a["bbox"] for a in anns], 4, source, "annotation", "bbox", labels)
     areas = _numbers([a["area"] for a in anns], source, "annotation", "area", labels=labels)
-    crowd = _numbers(
-        [a["iscrowd"] for a in anns], source, "annotation", "iscrowd", integer=True, labels=labels
-    )
+    crowd = np.array([int(a["iscrowd"]) for a in anns], dtype=np.int64)  # 0/1/false/true: validated
     labelled = _numbers(
         [a["num_keypoints"] for a in anns], source, "annotation", "num_keypoints", integer=True, labels=labels
     )

@@ -68,6 +68,9 @@ def plot_per_keypoint_ap(result: KeypointEvalResult, path: str | Path) -> Path:
     return Path(path)
 
 
+EVAL_REPORT_FILES = ("metrics.json", "pr_curves.png", "per_keypoint_ap.png")  # what write_eval_report writes
+
+
 def write_eval_report(result: KeypointEvalResult, out_dir: str | Path) -> dict[str, Path]:
     """Write ``metrics.json``, ``pr_curves.png`` and (with a per-keypoint breakdown)
     ``per_keypoint_ap.png`` into ``out_dir``; returns their paths by name."""

@@ -15,14 +15,37 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raypose.errors import ConfigError
+from raypose.errors import ConfigError, InputError
 from raypose.inference_options import InferenceOptions
 from raypose.model import ModelConfig
+from raypose.yaml_io import describe_type, load_yaml_mapping, parse_yaml
 
 
 class _Strict(BaseModel):
-    # frozen: a config is validated once and then only read (copies via model_copy(update=...))
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
+    # frozen: a config is validated once and then only read (copies via model_copy(update=...));
+    # no inf or nan: a non-finite lr or CPU count passes every bound and fails hours later
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True, allow_inf_nan=False)
+
+
+def expand_home(value: str | None) -> str | None:
+    """A local path with ``~`` (or ``~user``) expanded, as a shell would; URIs (``s3://...``) unchanged."""
+    if value is None or "://" in value:
+        return value
+    return os.path.expanduser(value)
+
+
+def check_plain_name(value: str, key: str, parent: str) -> str:
+    """``value`` if it is one plain folder name, to be put under the folder setting ``parent``.
+
+    Raises:
+        ValueError: a separator, ``..``, a leading dot or an empty name (for pydantic to report).
+    """
+    if not value.strip() or value.startswith(".") or any(c in value for c in "/\\\0"):
+        raise ValueError(
+            f"{key} {value!r} must be a plain folder name (no '/', '\\', '..', leading '.' or empty name); "
+            f"it is made under {parent}: set {parent} to change where"
+        )
+    return value
 
 
 class SynthConfig(_Strict):
@@ -68,8 +91,24 @@ class DataConfig(_Strict):
     test_images: str | None = Field(default=None, description="the images of test_ann (default: val_images)")
     loader_workers: int = Field(default=2, ge=0, description="DataLoader worker processes per training worker")
     hflip_prob: float = Field(default=0.5, ge=0.0, le=1.0)
-    scale_range: tuple[float, float] = (0.75, 1.25)
+    scale_range: tuple[float, float] = Field(
+        default=(0.75, 1.25), description="[low, high] zoom factors of the scale jitter, 0 < low <= high; [1, 1]: off"
+    )
     photometric: bool = True
+
+    @field_validator("root", "train_ann", "train_images", "val_ann", "val_images", "test_ann", "test_images")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        return expand_home(value)
+
+    @field_validator("scale_range")
+    @classmethod
+    def _zoom_factors(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"must be [low, high] zoom factors with 0 < low <= high, got {list(value)} "
+                             "(e.g. [0.75, 1.25]; [1, 1] turns the scale jitter off)")
+        return value
 
     def path(self, rel: str) -> Path:
         p = Path(rel)
@@ -140,6 +179,11 @@ class MlflowConfig(_Strict):
                                  "from the rank-0 worker")
     system_metrics_interval_s: float = Field(default=10.0, gt=0)
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        return expand_home(value)
+
 
 class TrainConfig(_Strict):
     name: str = Field(default="raypose", description="run name: a rerun with the same name resumes")
@@ -206,12 +250,12 @@ class TrainConfig(_Strict):
     @classmethod
     def _plain_name(cls, v: str) -> str:
         # the run folder is storage_path/name: a separator or '..' would put it elsewhere
-        if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0"):
-            raise ValueError(
-                f"name {v!r} must be a plain folder name (no '/', '\\', '..' or empty name); "
-                "runs go under storage_path: set storage_path to change where"
-            )
-        return v
+        return check_plain_name(v, "name", "storage_path")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        return expand_home(value)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -225,8 +269,12 @@ class TrainConfig(_Strict):
 
 
 def absolute_path(value: str, base_dir: str | os.PathLike | None = None) -> str:
-    """A local path made absolute against ``base_dir`` (default: the current folder); URIs unchanged."""
-    if "://" in value or os.path.isabs(value):
+    """A local path made absolute against ``base_dir`` (default: the current folder), ``~`` expanded;
+    URIs unchanged."""
+    if "://" in value:
+        return value
+    value = expand_home(value)
+    if os.path.isabs(value):
         return value
     return str(Path(base_dir or os.getcwd()) / value)
 
@@ -303,15 +351,22 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set optim.lr=0.01")
-        out[key.strip()] = _parse_value(raw)
+        out[key.strip()] = _parse_value(raw, f"--set {pair}")
     return out
 
 
-def _parse_value(raw: str) -> Any:
-    """A YAML scalar or list; ``1e-3`` is a float too (YAML 1.1 reads it as a string)."""
+def _parse_value(raw: str, source: str) -> Any:
+    """A YAML scalar or list; ``1e-3`` is a float too (YAML 1.1 reads it as a string).
+
+    Raises:
+        ConfigError: not valid YAML (``[1``), naming ``source`` (the ``--set`` argument).
+    """
     if not raw.strip():
         return None
-    value = yaml.safe_load(raw)
+    try:
+        value = parse_yaml(raw.encode(), source)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
     if isinstance(value, str):
         try:
             return float(value)
@@ -320,22 +375,14 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping from a file.
+def read_yaml(path: str | os.PathLike, what: str = "training config") -> dict[str, Any]:
+    """A YAML mapping from a file (:func:`raypose.yaml_io.load_yaml_mapping`).
 
     Raises:
-        ConfigError: missing file, YAML syntax error, or not a mapping.
+        InputError: missing, binary or non-UTF-8 file, YAML syntax error, a key given twice, or
+            a top level that is not a mapping.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    return raw
+    return load_yaml_mapping(path, what)
 
 
 def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -346,14 +393,20 @@ def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainC
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str, prefix: str = "") -> str:
+    """One line per invalid setting, each naming its dotted key (under ``prefix``, e.g. ``tune.``)."""
     lines = [f"{source}: {error.error_count()} invalid setting(s):"]
     for err in error.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".") or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; see the documented keys in README)")
         elif err["type"] == "literal_error":
             lines.append(f"  {key}: {err['input']!r} is not valid; {err['msg'].lower()}")
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            lines.append(f"  {key}: must be a mapping of settings (`{key.rsplit('.', 1)[-1]}: {{key: value}}` or "
+                         f"indented `key: value` lines), not {describe_type(err['input'])}")
+        elif err["type"] == "finite_number":
+            lines.append(f"  {key}: must be a finite number (got {err.get('input')!r})")
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

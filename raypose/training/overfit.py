@@ -24,6 +24,7 @@ from raypose.training.optim import build_optimizer, build_scheduler, effective_l
 from raypose.training.plots import plot_history
 
 log = logging.getLogger(__name__)
+OVERFIT_FILES = ("overfit.json", "overfit.png")  # what run_overfit writes into its folder
 
 
 @dataclass

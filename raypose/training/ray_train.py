@@ -135,17 +135,79 @@ def init_ray(min_cpus: float = 1.0) -> None:
     """
     import ray
 
+    from raypose.stop_signals import reinstall_after_ray
+
     global _started_here
     if ray.is_initialized():
         return
     if connected_to_cluster():
+        check_ray_address()  # ray.init would wait forever on a dead address
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        reinstall_after_ray()  # ray.init made SIGTERM a sys.exit: raypose's stops as Ctrl-C does
         return
     num_cpus = max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
     # The dashboard serves the State API, which Train V2 uses to clean up the placement groups of
     # trials that Tune stops early: without it their CPUs and GPUs leak until Ray shuts down.
     ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+    reinstall_after_ray()
     _started_here = True
+
+
+RAY_ADDRESS_FORMS = (
+    "HOST:PORT (the head's GCS port, 6379 unless `ray start --port` chose another), ray://HOST:PORT, "
+    "auto or local"
+)
+
+
+def check_ray_address(timeout_s: float = 5.0) -> None:
+    """Check, before any work, that the cluster ``$RAY_ADDRESS`` names answers (nothing to do
+    without one, or with ``local``).
+
+    ``ray.init`` retries a dead address forever (``RAY_gcs_rpc_server_connect_timeout_s`` only
+    turns into a warning), so this opens one TCP connection to its port first: the GCS port for
+    ``HOST:PORT``, the Ray Client server's for ``ray://HOST:PORT`` (default 10001). ``auto``
+    is first resolved as Ray does, to the last cluster ``ray start`` started on this machine.
+
+    Raises:
+        ConfigError: the address is malformed, ``auto`` finds no cluster, or nothing accepts a
+            connection at it within ``timeout_s``.
+    """
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address in ("", "local"):
+        return
+    target = address
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            target = canonicalize_bootstrap_address("auto")
+        except ConnectionError:
+            raise ConfigError("RAY_ADDRESS=auto: no Ray cluster was started on this machine; start one with "
+                              "`ray start --head`, or unset RAY_ADDRESS and raypose starts Ray itself") from None
+    host, port = _host_port(target, address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} ({e.strerror or e}; waited up to "
+            f"{timeout_s:g} s): start the cluster (`ray start --head` on its head node) or check the address "
+            "(`ray status` on the head prints it), or unset RAY_ADDRESS and raypose starts Ray itself"
+        ) from None
+
+
+def _host_port(target: str, address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT``, ``[IPv6]:PORT`` or ``ray://HOST[:PORT]``."""
+    rest = target.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = rest.partition(":")
+    if not port and target.startswith("ray://"):
+        port = "10001"  # the Ray Client server's default port
+    if not host or not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address}: not a Ray address; use {RAY_ADDRESS_FORMS}")
+    return host, int(port)
 
 
 def connected_to_cluster() -> bool:

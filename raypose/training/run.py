@@ -52,7 +52,9 @@ from raypose.training.resume import (
     apply_hyperparameters,
     changed_settings,
     check_resume,
+    check_training_data,
     optimizer_hyperparameters,
+    training_data,
 )
 from raypose.training.sessions import Session
 
@@ -95,6 +97,7 @@ class TrainingState:
     preemption_saved: bool = False  # a checkpoint was written for the preemption now announced
     checkpoint_seconds: float = 0.0  # how long the last checkpoint held training up
     logged_epochs: set[int] = field(default_factory=set)  # epochs the MLflow run held when this run started
+    train_data: dict[str, Any] = field(default_factory=dict)  # resume.training_data: recorded in each checkpoint
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -243,7 +246,14 @@ def _build_state(config: TrainConfig, session: Session) -> TrainingState:
                                   max_lr=effective_max_lr(config, session.world_size)),
         scaler=torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda"),
         loader=loader, val=val, act_stats=act_stats,
+        train_data=training_data(annotation_source(train), _annotated_images(train)),
     )
+
+
+def _annotated_images(train: Dataset) -> int:
+    """The images of the training annotation file (a ``Subset``'s base dataset's)."""
+    base = train.dataset if isinstance(train, Subset) else train
+    return base.annotations.num_images
 
 
 def _run_epoch(state: TrainingState, epoch: int) -> dict[str, float]:
@@ -367,7 +377,8 @@ def _write_checkpoint(state: TrainingState, folder: Path, epoch: int, history: l
         epoch=epoch, config=state.config.model_dump(mode="json"),
         optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
         scaler=state.scaler.state_dict(), history=history, metrics=metrics,
-        mlflow_run_id=state.tracker.run_id if state.tracker is not None else None, **extra,
+        mlflow_run_id=state.tracker.run_id if state.tracker is not None else None, train_data=state.train_data,
+        **extra,
     )
 
 
@@ -421,13 +432,15 @@ def _restore(state: TrainingState) -> tuple[int, list[dict], str | None]:
     """Load the session's latest checkpoint into ``state``: (epochs done, history, MLflow run id).
 
     Raises:
-        ConfigError: the config changes a setting a resumed run cannot change (:mod:`resume`).
+        ConfigError: the config changes a setting a resumed run cannot change, or the training
+            data is another than the checkpoint's (:mod:`resume`).
     """
     ckpt = state.session.latest_checkpoint()
     if ckpt is None:
         return 0, [], None
     config = state.config
     check_resume(ckpt.get("config", {}), config, f"the storage of run {config.name!r}")
+    check_training_data(ckpt.get("train_data"), state.train_data, config.name)
     fresh_groups, fresh_base_lrs = optimizer_hyperparameters(state.optimizer), list(state.scheduler.base_lrs)
     net = state.model.module if isinstance(state.model, DistributedDataParallel) else state.model
     net.load_state_dict(ckpt["model"])

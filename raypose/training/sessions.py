@@ -8,6 +8,7 @@ without Ray; ``raypose.training.ray_train.RaySession`` runs on a Ray Train worke
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,8 +20,11 @@ from typing import Any, Protocol
 import torch
 
 from raypose.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from raypose.errors import InputError
 from raypose.io import write_text_atomic
-from raypose.storage import folder_bytes
+from raypose.storage import folder_bytes, move_folder
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = re.compile(r"epoch_\d{4,}")
 PARTIAL_DIR = "in_epoch"  # LocalSession's mid-epoch checkpoint
@@ -89,7 +93,12 @@ class LocalSession:
     def _clean_interrupted_saves(self) -> None:
         """A save interrupted mid-copy leaves ``epoch_NNNN.tmp/``: it never counts as a checkpoint
         and is removed. Metrics lines of epochs past the newest checkpoint are dropped too (they
-        are trained, and written, again)."""
+        are trained, and written, again), and so is a last line cut short; the newest
+        checkpoint's own line, when missing, is restored from its history.
+
+        Raises:
+            InputError: a line of ``metrics.jsonl`` before its last is not JSON (:func:`read_metrics_lines`).
+        """
         for stale in [*(self.run_dir / "checkpoints").glob("epoch_*.tmp"), self._partial.with_name(PARTIAL_DIR + ".tmp")]:
             shutil.rmtree(stale, ignore_errors=True)
         metrics_file = self.run_dir / "metrics.jsonl"
@@ -98,9 +107,14 @@ class LocalSession:
         dirs = self._checkpoint_dirs()
         done = _epoch_of(dirs[-1]) if dirs else 0
         lines = metrics_file.read_text().splitlines()
-        kept = {json.loads(line)["epoch"]: line for line in lines if line.strip() and json.loads(line)["epoch"] <= done}
-        if len(kept) != len(lines):
-            write_text_atomic(metrics_file, "".join(line + "\n" for _, line in sorted(kept.items())))
+        kept = {m["epoch"]: line for line, m in read_metrics_lines(metrics_file, lines) if m["epoch"] <= done}
+        if dirs and done not in kept:  # stored, then killed while its line was appended: the checkpoint has it
+            history = load_checkpoint(dirs[-1] / CHECKPOINT_FILE).get("history", [])
+            kept.update({m["epoch"]: json.dumps(m) for m in history if m.get("epoch") not in kept})
+            log.info("%s: epoch %d's line restored from its checkpoint", metrics_file, done)
+        text = "".join(line + "\n" for _, line in sorted(kept.items()))
+        if text != "".join(line + "\n" for line in lines):
+            write_text_atomic(metrics_file, text)
 
     def _checkpoint_dirs(self) -> list[Path]:
         found = [p for p in (self.run_dir / "checkpoints").glob("epoch_*")
@@ -136,7 +150,7 @@ class LocalSession:
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, tmp)  # a rename on the same disk, a copy and delete across disks
+        move_folder(source, tmp)  # a rename on the same disk, a copy and delete across disks (OutputError if full)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -160,9 +174,38 @@ class LocalSession:
     def _prune(self) -> None:
         dirs = self._checkpoint_dirs()
         scores = {}
-        for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
-            m = json.loads(line)
+        metrics_file = self.run_dir / "metrics.jsonl"
+        for _, m in read_metrics_lines(metrics_file, metrics_file.read_text().splitlines()):
             scores[int(m["epoch"])] = m.get("oks_map", float("-inf"))  # not evaluated: kept only while newest
         ranked = sorted(dirs[:-1], key=lambda p: scores.get(_epoch_of(p), float("-inf")), reverse=True)
         for stale in ranked[max(self.keep - 1, 0) :]:
             shutil.rmtree(stale)
+
+
+def read_metrics_lines(path: Path, lines: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, metrics)`` for each line of ``path`` (``metrics.jsonl``; ``lines``: its lines), blank ones skipped.
+
+    A last line that is not JSON is an append that a crash or a full disk cut short: it is
+    dropped with a warning (:class:`LocalSession` then restores it from the epoch's checkpoint).
+
+    Raises:
+        InputError: a line before the last is not JSON, or a line is not an object with an
+            ``epoch``; the message names the file and the line.
+    """
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    parsed = []
+    for number, line in numbered:
+        try:
+            metrics = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == numbered[-1][0]:
+                log.warning("%s: line %d is cut short (%s), as a crash or a full disk leaves an append: dropped",
+                            path, number, e.msg)
+                break
+            raise InputError(f"{path}: line {number} is not valid JSON ({e.msg}); it is the run's per-epoch log: "
+                             f"repair or delete that line, or start a new run with another name") from None
+        if not isinstance(metrics, dict) or "epoch" not in metrics:
+            raise InputError(f"{path}: line {number} is not a metrics object with an 'epoch'; repair or delete "
+                             "that line, or start a new run with another name")
+        parsed.append((line, metrics))
+    return parsed

@@ -27,17 +27,21 @@ Pure Python + Optuna: no Ray here.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raypose.errors import ConfigError
 from raypose.training.config import (
+    IDENTITY_KEYS,
     TrainConfig,
     absolute_path,
+    check_plain_name,
     flatten,
     format_validation_error,
     parse_overrides,
@@ -46,6 +50,7 @@ from raypose.training.config import (
     set_dotted,
     validate_train_config,
 )
+from raypose.yaml_io import describe_type
 
 # torchvision's reference recipe for KeypointRCNN (references/detection: SGD, lr 0.02, momentum 0.9,
 # weight decay 1e-4, lr x0.1 at epochs 36 and 43 of 46, linear warm-up over at most one epoch).
@@ -66,11 +71,13 @@ BASELINE_RECIPE: dict[str, Any] = {
 }
 TRIAL_KIND_KEY = "trial_kind"
 
+log = logging.getLogger(__name__)
+
 
 class Distribution(BaseModel):
     """Exactly one of ``choice``, ``uniform``, ``loguniform``, ``int``; optional ``when``."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     choice: list[Any] | None = None
     uniform: tuple[float, float] | None = None
@@ -111,7 +118,7 @@ class Distribution(BaseModel):
 
 
 class AshaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     grace_period: int = Field(default=1, ge=1, description="epochs before a trial may be stopped")
@@ -119,7 +126,7 @@ class AshaSettings(BaseModel):
 
 
 class TuneSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False)
 
     name: str | None = Field(default=None, description="study name; default: the space file's stem")
     num_samples: int = Field(default=16, ge=1, description="trials, the baseline included")
@@ -150,6 +157,12 @@ class TuneSettings(BaseModel):
         "keypoint probabilities) alone and all together on the search's validation images, keeps the set that "
         "scores best there (stock on a tie), and reports every one on the held-out images",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        # the study's folder is storage_path/name: a separator or '..' would put it elsewhere
+        return value if value is None else check_plain_name(value, "tune.name", "tune.storage_path")
 
 
 class SearchSpace(BaseModel):
@@ -267,7 +280,7 @@ def load_search_space(path: str | os.PathLike, overrides: list[str] | None = Non
             the search key and the valid choices), or a base config that does not validate.
     """
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_yaml(path, what="search space")
     unknown = set(raw) - {"base", "search", "tune"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; valid: base, search, tune")
@@ -276,21 +289,24 @@ def load_search_space(path: str | os.PathLike, overrides: list[str] | None = Non
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
         base = read_yaml(base_path)
     if not isinstance(base, dict):
-        raise ConfigError(f"{path}: base must be a training config mapping or the path of one")
-    tune_raw = dict(raw.get("tune") or {})
+        raise ConfigError(f"{path}: base must be a training config mapping or the path of one, not {describe_type(base)}")
+    search_raw = _section(raw, "search", path, "config keys to distributions (`optim.lr: {loguniform: [1.0e-4, 1.0e-2]}`)")
+    tune_raw = dict(_section(raw, "tune", path, "Tune settings (`num_samples: 16`)"))
     for key, value in parse_overrides(overrides).items():
         if key.startswith("tune."):
             set_dotted(tune_raw, key[len("tune.") :], value)
         else:
             set_dotted(base, key, value)
+    search = {str(key): _distributions(path, str(key), value) for key, value in search_raw.items()}
     try:
-        search = {
-            str(k): [Distribution.model_validate(d) for d in (v if isinstance(v, list) else [v])]
-            for k, v in (raw.get("search") or {}).items()
-        }
         tune = TuneSettings.model_validate(tune_raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path))) from None
+        raise ConfigError(format_validation_error(e, str(path), prefix="tune.")) from None
+    if tune.name is None:  # the study is named for the file
+        try:
+            check_plain_name(path.stem, "the study name (the space file's name)", "tune.storage_path")
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}; or set tune.name") from None
     # Relative paths are taken from the current folder, as for `raypose train`, and made absolute
     # for the Ray workers, whose working folder differs.
     base_config = resolve_config(validate_train_config(base, source=f"{path}: base"))
@@ -301,6 +317,57 @@ def load_search_space(path: str | os.PathLike, overrides: list[str] | None = Non
     return space
 
 
+def _section(raw: dict[str, Any], name: str, path: Path, what: str) -> dict[str, Any]:
+    """The mapping under ``name`` (``{}`` when absent or empty).
+
+    Raises:
+        ConfigError: it is a list, a string or a number.
+    """
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {name} must be a mapping of {what}, not {describe_type(value)}")
+    return value
+
+
+def _distributions(path: Path, key: str, value: Any) -> list[Distribution]:
+    """A searched key's distribution, or its list of alternatives, validated.
+
+    Raises:
+        ConfigError: naming ``search.KEY`` (``search.KEY[i]`` for an alternative) and what is wrong.
+    """
+    alternatives = value if isinstance(value, list) else [value]
+    out = []
+    for i, spec in enumerate(alternatives):
+        where = f"search.{key}[{i}]" if isinstance(value, list) else f"search.{key}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: {where}: must be a distribution such as {{choice: [a, b]}}, {{uniform: [low, "
+                              f"high]}}, {{loguniform: [low, high]}} or {{int: [low, high]}} (or a list of them), not "
+                              f"{describe_type(spec)}")
+        try:
+            out.append(Distribution.model_validate(spec))
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, str(path), prefix=f"{where}.")) from None
+    return out
+
+
+# Settings every trial gets from the study, whatever the search says.
+NOT_SEARCHABLE = {
+    "name": "each trial's run is named by the study (<study>-<trial id>); name the study with tune.name",
+    "storage_path": "trials keep their checkpoints under tune.storage_path; set that instead",
+}
+assert set(IDENTITY_KEYS) <= set(NOT_SEARCHABLE)
+
+
+def _check_searchable(space: SearchSpace, key: str) -> None:
+    reason = NOT_SEARCHABLE.get(key)
+    if key.startswith("mlflow."):
+        reason = "MLflow settings say where a trial is logged, not how it trains; set them in base"
+    if reason:
+        raise ConfigError(f"{space.source}: search.{key} cannot be searched: {reason}")
+
+
 def _check_dimensions(space: SearchSpace) -> None:
     """Each dimension's extreme values must validate against the training config."""
     known = set(space.search) | set(flatten(space.base))
@@ -309,10 +376,16 @@ def _check_dimensions(space: SearchSpace) -> None:
     except ConfigError as e:
         raise ConfigError(f"{space.source}: {e}") from None
     for key, alternatives in space.search.items():
+        _check_searchable(space, key)
         if not alternatives:
             raise ConfigError(f"{space.source}: search.{key} lists no distribution")
         for dist in alternatives:
             _check_dimension(space, key, dist, known)
+        for dist in alternatives:
+            for cond, value in dist.when.items():
+                problem = _never_sampled(space, cond, value) if cond in space.search else _not_a_value_of(space, cond, value)
+                if problem:
+                    raise ConfigError(f"{space.source}: search.{key}: when: {{{cond}: {value!r}}} can never hold: {problem}")
 
 
 def _check_dimension(space: SearchSpace, key: str, dist: Distribution, known: set[str]) -> None:
@@ -326,6 +399,58 @@ def _check_dimension(space: SearchSpace, key: str, dist: Distribution, known: se
             TrainConfig.model_validate(raw)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, f"{space.source}: search.{key} value {value!r}")) from None
+
+
+def _never_sampled(space: SearchSpace, cond: str, value: Any) -> str | None:
+    """Why the searched key ``cond`` never takes ``value`` (compared as the sampler does, with ==),
+    or None when it can."""
+    alternatives = space.search[cond]
+    takes = []
+    for dist in alternatives:
+        if dist.choice is not None:
+            if value in dist.choice:
+                return None
+            takes.append(", ".join(_as_written(c) for c in dist.choice))
+        elif dist.int_range is not None:
+            low, high = dist.int_range
+            if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+                return None
+            takes.append(f"the integers {low} to {high}")
+        else:
+            return (f"search.{cond} is drawn from a continuous range, where a trial (almost) never draws one given "
+                    "value: condition on a choice: or int: dimension instead")
+    if all(dist.when for dist in alternatives):  # a trial that skips cond keeps the base value
+        base_value = flatten(space.base).get(cond)
+        if value == base_value:
+            return None
+        takes.append(f"{_as_written(base_value)} (the base value, when search.{cond} is skipped)")
+    return f"search.{cond} takes only {'; '.join(takes)}"
+
+
+def _as_written(value: Any) -> str:
+    """A value as a space file writes it: ``false``, ``null``, ``'sgd'``, ``0.9``."""
+    return json.dumps(value) if isinstance(value, bool) or value is None else repr(value)
+
+
+def _not_a_value_of(space: SearchSpace, cond: str, value: Any) -> str | None:
+    """Why the (unsearched) setting ``cond`` can never be ``value``, or None when it can; a value
+    other than the base's, which no trial has, is logged."""
+    raw = space.base.model_dump(mode="json")
+    set_dotted(raw, cond, value)
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = format_validation_error(e, "").splitlines()[1:]
+        return f"{cond} is not searched, and the setting cannot take {value!r}:\n" + "\n".join(lines)
+    read_as = flatten(config)[cond]
+    if read_as != value:  # e.g. 'false' (a string) for a bool: the setting reads False, the condition compares 'false'
+        return (f"{cond} holds {describe_type(read_as)}, not {describe_type(value)}: write "
+                f"{json.dumps(read_as)} (unquoted)")
+    base_value = flatten(space.base).get(cond)
+    if value != base_value:
+        log.warning("%s: when: {%s: %r} never holds in this study: %s is not searched and the base has %r",
+                    space.source, cond, value, cond, base_value)
+    return None
 
 
 def _check_baseline(space: SearchSpace) -> None:

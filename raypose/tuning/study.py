@@ -19,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from raypose.checkpoint import CHECKPOINT_FILE
+from raypose.data.annotations import check_training_annotations
 from raypose.data.prepare import ensure_data
 from raypose.storage import folder_bytes, join, read_text, upload_folder, write_text
 from raypose.training.ray_train import final_stage_wants_gpu, fit_to_cluster, init_ray, run_with_a_gpu
 from raypose.tuning.final import final_stage
-from raypose.tuning.search import check_shared_storage, run_search
+from raypose.tuning.search import OPTUNA_STUDY_FILE, check_shared_storage, run_search
 from raypose.tuning.space import SearchSpace
 from raypose.tuning.trials import TrialResult, pick_best
 
 log = logging.getLogger(__name__)
 
 PARENT_STATE_FILE = "mlflow_parent.json"
+# What the study writes into its folder: best/, Tune's state files and trial folders (Tune owns
+# every subfolder), the Optuna copy and the parent run's id. `raypose tune` refuses an input there.
+STUDY_FILES = ("*/**", "*.json", "*.pkl", OPTUNA_STUDY_FILE, PARENT_STATE_FILE)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ def run_study(space: SearchSpace, resume: bool = False) -> StudyResult:
         RayposeError: no trial produced an evaluated checkpoint.
     """
     ensure_data(space.base.data)
+    data = space.base.data
+    check_training_annotations(data.path(data.train_ann), data.path(data.val_ann))  # before Ray starts
     init_ray(min_cpus=space.tune.max_concurrent * _cpus_per_trial(space) + 1)
     check_shared_storage(space)
     base, note = fit_to_cluster(space.base, driver_cpus=space.tune.trial_cpus)

@@ -35,6 +35,8 @@ from raypose.video.tracking import Tracker, TrackerConfig
 from raypose.video.tracks_io import TrackSet, save_tracks
 
 log = logging.getLogger(__name__)
+# What run_video writes into its folder (the CLI refuses an input at one of them).
+VIDEO_FILES = ("tracks.json", "tracks_smoothed.json", "overlay.mp4", "summary.json", "plots/*.png")
 
 
 @dataclass(frozen=True)

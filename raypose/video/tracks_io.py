@@ -108,7 +108,9 @@ def load_tracks(path: str | os.PathLike) -> TrackSet:
 
 
 def _fail(source: str, where: str, problem: str) -> InputError:
-    return InputError(f"{source}: {where}: {problem} (see raypose/video/tracks_io.py for the tracks.json format)")
+    return InputError(
+        f"{source}: {where}: {problem} (see raypose/video/tracks_io.py for the tracks.json format)"
+    )
 
 
 def tracks_from_dict(obj: Any, source: str = "tracks.json") -> TrackSet:
@@ -118,7 +120,11 @@ def tracks_from_dict(obj: Any, source: str = "tracks.json") -> TrackSet:
         InputError: naming ``source``, the track (index and id) and the problem.
     """
     if not isinstance(obj, dict):
-        raise _fail(source, "top level", f"expected an object with fps, keypoint_names, tracks; got {type(obj).__name__}")
+        raise _fail(
+            source,
+            "top level",
+            f"expected an object with fps, keypoint_names, tracks; got {type(obj).__name__}",
+        )
     missing = [k for k in ("fps", "keypoint_names", "tracks") if k not in obj]
     if missing:
         raise _fail(source, "top level", f"missing key(s) {missing}")
@@ -137,7 +143,9 @@ def tracks_from_dict(obj: Any, source: str = "tracks.json") -> TrackSet:
     for i, raw in enumerate(obj["tracks"]):
         track = _track_from_dict(raw, len(names), source, i)
         if track.id in seen:
-            raise _fail(source, f"tracks[{i}]", f"id {track.id} is used by an earlier track; ids must be unique")
+            raise _fail(
+                source, f"tracks[{i}]", f"id {track.id} is used by an earlier track; ids must be unique"
+            )
         seen.add(track.id)
         tracks.append(track)
     return TrackSet(fps=float(fps), keypoint_names=tuple(names), tracks=tracks)
@@ -148,23 +156,33 @@ def _track_from_dict(raw: Any, num_keypoints: int, source: str, index: int) -> T
     if not isinstance(raw, dict) or not {"id", "frames", "keypoints"} <= raw.keys():
         raise _fail(source, where, "expected an object with id, frames, keypoints")
     track_id = raw["id"]
-    if isinstance(track_id, bool) or not isinstance(track_id, int):
-        raise _fail(source, where, f"id must be an integer, got {track_id!r}")
+    if isinstance(track_id, bool) or not isinstance(track_id, int) or not -(2**63) <= track_id < 2**63:
+        raise _fail(source, where, f"id must be an integer fitting int64, got {track_id!r:.40}")
     where = f"tracks[{index}] (id {track_id})"
     frames = raw["frames"]
-    if not isinstance(frames, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in frames):
+    if not isinstance(frames, list) or not all(
+        isinstance(f, int) and not isinstance(f, bool) for f in frames
+    ):
         raise _fail(source, where, "frames must be a list of integers")
     if frames and (min(frames) < 0 or any(b <= a for a, b in zip(frames, frames[1:]))):
         raise _fail(source, where, "frames must be >= 0 and strictly increasing")
+    if frames and frames[-1] >= 2**63:
+        raise _fail(
+            source, where, f"frame {frames[-1]:.3g} does not fit int64; frames are indices in the video"
+        )
     kps = raw["keypoints"]
     if not isinstance(kps, list) or len(kps) != len(frames):
         got = len(kps) if isinstance(kps, list) else type(kps).__name__
-        raise _fail(source, where, f"keypoints must be a list with one entry per frame ({len(frames)}), got {got}")
+        raise _fail(
+            source, where, f"keypoints must be a list with one entry per frame ({len(frames)}), got {got}"
+        )
     array = _keypoint_array(kps, num_keypoints, source, where, frames)
     return Track(id=track_id, frames=np.array(frames, dtype=np.int64), keypoints=array)
 
 
-def _keypoint_array(kps: list, num_keypoints: int, source: str, where: str, frames: Sequence[int]) -> np.ndarray:
+def _keypoint_array(
+    kps: list, num_keypoints: int, source: str, where: str, frames: Sequence[int]
+) -> np.ndarray:
     try:
         array = np.array(kps, dtype=np.float64).reshape(len(frames), -1)
     except (ValueError, TypeError):
@@ -173,15 +191,22 @@ def _keypoint_array(kps: list, num_keypoints: int, source: str, where: str, fram
         for j, frame_kps in enumerate(kps):  # find the first bad frame to name it
             ok = isinstance(frame_kps, list) and len(frame_kps) == num_keypoints
             ok = ok and all(isinstance(p, list) and len(p) == 3 for p in frame_kps)
-            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for p in frame_kps for v in p)
+            ok = ok and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for p in frame_kps for v in p
+            )
             if not ok:
                 raise _fail(
-                    source, f"{where}, frame {frames[j]}",
+                    source,
+                    f"{where}, frame {frames[j]}",
                     f"expected {num_keypoints} [x, y, score] number triples (one per keypoint name)",
                 )
         raise _fail(source, where, f"expected {num_keypoints} [x, y, score] triples per frame")
     array = array.reshape(len(frames), num_keypoints, 3)
-    bad = ~np.isfinite(array).all(axis=(1, 2)) | (array[..., 2] < 0).any(axis=1) | (array[..., 2] > 1).any(axis=1)
+    bad = (
+        ~np.isfinite(array).all(axis=(1, 2))
+        | (array[..., 2] < 0).any(axis=1)
+        | (array[..., 2] > 1).any(axis=1)
+    )
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
         raise _fail(source, f"{where}, frame {frames[j]}", "coordinates must be finite and scores in [0, 1]")

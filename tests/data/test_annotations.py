@@ -70,19 +70,25 @@ def test_other_known_categories_are_skipped():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d["annotations"][0].update(keypoints=[0] * 30), r"annotation 5 .*expected 51.*got 30"),
-        (lambda d: d["annotations"][0].update(category_id=9), r"annotation 5 .*unknown category_id 9"),
+        (
+            lambda d: d["annotations"][0].update(keypoints=[0] * 30),
+            r"annotation 5 .*expected 51 numbers \(17 points x 3\) in a flat list, got 30 values",
+        ),
+        (
+            lambda d: d["annotations"][0].update(category_id=9),
+            r"annotation 5 .*category_id 9 is not in 'categories'",
+        ),
         (lambda d: d["annotations"][0].update(image_id=77), r"annotation 5: image_id 77"),
         (
             lambda d: d["annotations"][0]["keypoints"].__setitem__(2, 3),
-            r"annotations \[5\] have a visibility",
+            r"annotation 5 .*keypoints\[2\] \(nose visibility\) is 3",
         ),
         (lambda d: d["annotations"][0].update(bbox=[1, 2]), r"annotation 5 .*bbox"),
         (
             lambda d: d["annotations"][0]["keypoints"].__setitem__(0, "a"),
-            r"annotation 5: non-numeric keypoints",
+            r"annotation 5 .*keypoints\[0\] \(nose x\) is 'a'",
         ),
-        (lambda d: d["images"][0].pop("width"), r"image 1: needs integer"),
+        (lambda d: d["images"][0].pop("width"), r"image 1: 'width' must be a positive integer"),
         (lambda d: d["annotations"].append(person(5, 1)), r"duplicate annotation ids \[5\]"),
         (lambda d: d.update(categories=[{"id": 1, "name": "person"}]), "no category with a 'keypoints' list"),
     ],
@@ -104,3 +110,102 @@ def test_malformed_and_missing_files(tmp_path):
         load_keypoint_annotations(path)
     with pytest.raises(InputError, match="not found"):
         load_keypoint_annotations(tmp_path / "missing.json")
+
+
+# --- one validation for every reader (issue: malformed JSON inputs) -------------------------
+
+
+def _refused(data, *words):
+    with pytest.raises(InputError) as info:
+        keypoint_annotations_from_dict(data, "x.json")
+    message = str(info.value)
+    assert message.startswith("x.json: ")
+    for word in words:
+        assert word in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda d: d["annotations"][0].update(id=2**70), ["annotation #0", "'id'", "int64"]),
+        (lambda d: d["annotations"][0].update(id=3.0), ["annotation #0", "'id'", "integer"]),
+        (lambda d: d["annotations"][0].update(image_id=1.5), ["annotation 10", "'image_id'", "integer"]),
+        (lambda d: d["annotations"][0].update(image_id=[1]), ["annotation 10", "'image_id'"]),
+        (lambda d: d["annotations"][0].update(image_id="1"), ["annotation 10", "'image_id'", "integer"]),
+        (lambda d: d["annotations"][0].update(category_id=[1]), ["annotation 10", "'category_id'"]),
+        (lambda d: d["images"][0].update(id=2**70), ["image entry #0", "'id'", "int64"]),
+        (lambda d: d["images"][0].update(width=1e308), ["image 1", "'width'", "positive integer"]),
+        (lambda d: d["images"][0].update(width=float("inf")), ["image 1", "'width'"]),
+        (lambda d: d["images"][0].update(file_name=None), ["image 1", "'file_name'", "non-empty string"]),
+        (lambda d: d["images"][0].update(file_name=7), ["image 1", "'file_name'"]),
+        (lambda d: d["images"][0].pop("file_name"), ["image 1", "'file_name'"]),
+        (lambda d: d["annotations"][0].update(iscrowd="0"), ["annotation 10", "'iscrowd'", "0 or 1"]),
+        (lambda d: d["annotations"][0].update(area=1e308), ["annotation 10", "image 3", "'area'"]),
+        (lambda d: d["annotations"][0].update(area=float("nan")), ["annotation 10", "'area'"]),
+        (lambda d: d["annotations"][0].update(bbox=[0, 0, 1e308, 5]), ["annotation 10", "'bbox'"]),
+    ],
+)
+def test_wrong_types_and_sizes_are_refused_naming_the_item_and_field(mutate, words):
+    data = coco([person(10, 3), person(11, 1)])
+    mutate(data)
+    _refused(data, *words)
+
+
+@pytest.mark.parametrize("top", [[], "x", 3, None])
+def test_a_file_that_is_not_an_object_is_refused(top):
+    _refused(top, "JSON object")
+
+
+def test_iscrowd_booleans_are_accepted():
+    ann = keypoint_annotations_from_dict(
+        coco([person(10, 3, crowd=True), person(11, 1, crowd=False)]), "x.json"
+    )
+    assert sorted(ann.iscrowd.tolist()) == [False, True]
+
+
+def _category(name, k, cat_id):
+    return {"id": cat_id, "name": name, "keypoints": [f"p{j}" for j in range(k)], "skeleton": []}
+
+
+def test_the_person_category_is_chosen_by_name_among_keypoint_categories():
+    data = coco(
+        [person(10, 3, k=5, category_id=2), person(11, 1)],
+        categories=[_category("hand", 5, 2), COCO17.coco_category(1)],
+    )
+    ann = keypoint_annotations_from_dict(data, "x.json")
+    assert ann.num_keypoints == 17 and ann.ann_ids.tolist() == [11]
+
+
+def test_several_keypoint_categories_none_named_person_are_refused():
+    data = coco(
+        [person(10, 3, k=5, category_id=2)], categories=[_category("hand", 5, 2), _category("paw", 5, 3)]
+    )
+    _refused(data, "hand", "paw", "person")
+
+
+def test_one_keypoint_category_of_another_name_is_used(caplog):
+    data = coco([person(10, 3, k=5, category_id=2)], categories=[_category("hand", 5, 2)])
+    with caplog.at_level("INFO"):
+        assert keypoint_annotations_from_dict(data, "x.json").num_people == 1
+    assert "hand" in caplog.text
+
+
+def test_training_files_are_checked_before_training(tmp_path):
+    from raypose.data.annotations import check_training_annotations
+
+    good = tmp_path / "train.json"
+    good.write_text(json.dumps(coco([person(10, 3)])))
+    empty = tmp_path / "val.json"
+    empty.write_text(json.dumps(coco([], images=())))
+    with pytest.raises(InputError, match="val.json: no images"):
+        check_training_annotations(good, empty)
+    crowd_only = tmp_path / "crowd.json"
+    crowd_only.write_text(json.dumps(coco([person(10, 3, crowd=1)])))
+    with pytest.raises(InputError, match="crowd.json: no labelled person"):
+        check_training_annotations(crowd_only, good)
+    bad_val = tmp_path / "bad.json"
+    bad_val.write_text(json.dumps(coco([person(10.0, 3)])))
+    with pytest.raises(InputError, match="bad.json: annotation #0"):
+        check_training_annotations(good, bad_val)
+    check_training_annotations(good, good)

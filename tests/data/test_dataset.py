@@ -126,7 +126,7 @@ def test_missing_or_wrong_size_image_names_file_and_id(tiny):
     with pytest.raises(InputError, match=r"2\.png: image id 2 is 10x10 but .* says 48x40"):
         dataset[1]
     (images / "3.png").write_bytes(b"not an image")
-    with pytest.raises(InputError, match=r"3\.png: cannot read image id 3"):
+    with pytest.raises(InputError, match=r"3\.png: cannot read image \(image id 3 in .*ann\.json\)"):
         dataset[2]
 
 
@@ -157,3 +157,32 @@ def test_collate_keeps_lists():
     batch = [(torch.zeros(3, 4, 5), {"a": 1}), (torch.zeros(3, 6, 7), {"a": 2})]
     images, targets = collate_fn(batch)
     assert [im.shape[1] for im in images] == [4, 6] and [t["a"] for t in targets] == [1, 2]
+
+
+def test_a_16bit_png_loads_like_its_8bit_version(tiny):
+    from tests.test_images import gray_gradient, save_gray16
+
+    path, images = tiny
+    gray = gray_gradient(40, 48)
+    Image.fromarray(gray).save(images / "1.png")
+    save_gray16(images / "2.png", gray)
+    dataset = KeypointDataset(path, images)
+    image8, image16 = dataset.load_image(0), dataset.load_image(1)
+    assert image16.shape == image8.shape == (3, 40, 48)
+    assert (image16 - image8).abs().max().item() <= 1 / 255 + 1e-6
+
+
+def test_a_bad_image_in_a_loader_worker_raises_raypose_own_message(tiny):
+    """torch re-raises a worker's exception with its whole traceback as the message; the user
+    must get the dataset's one-line message instead."""
+    path, images = tiny
+    (images / "2.png").write_bytes(b"not an image")
+    loader = torch.utils.data.DataLoader(
+        KeypointDataset(path, images), batch_size=1, num_workers=1, collate_fn=collate_fn
+    )
+    with pytest.raises(InputError) as caught:
+        list(loader)
+    message = str(caught.value)
+    assert "Traceback" not in message and "DataLoader worker" not in message
+    assert message.startswith(f"{images / '2.png'}: cannot read image") and "image id 2" in message
+    assert "\n" not in message

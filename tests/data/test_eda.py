@@ -34,8 +34,8 @@ def test_stats_count_crowd_apart():
     kps[0:3] = [1, 1, 2]
     data = {
         "images": [
-            {"id": 1, "file_name": "a", "width": 9, "height": 9},
-            {"id": 2, "file_name": "b", "width": 9, "height": 9},
+            {"id": 1, "file_name": "a", "width": 48, "height": 48},  # the crowd region's area fits
+            {"id": 2, "file_name": "b", "width": 48, "height": 48},
         ],
         "annotations": [
             {"id": 1, "image_id": 1, "keypoints": kps, "bbox": [0, 0, 4, 4], "area": 16},
@@ -238,5 +238,69 @@ def test_annotation_without_id_is_named_by_position(tmp_path, ann_id):
     assert [(i.kind, i.ann_id) for i in report.errors] == [("malformed annotation", "#0")]
     assert "annotation #0 (by position) has no 'id'" in report.errors[0].message
     assert all(i.location != "file" and "None" not in i.location for i in report.issues)
-    with pytest.raises(InputError, match=r"annotation #0 \(by position\) is not an object with an 'id'"):
+    with pytest.raises(InputError, match=r"annotation #0 \(by position\) has no 'id'"):  # the same words
         load_keypoint_annotations(path)
+
+
+def _gradient_file(tmp_path, name):
+    """One 48x40 image ``name`` with one person of three labelled keypoints."""
+    kps = [0] * 51
+    kps[0:6] = [10, 10, 2, 30, 25, 2]
+    data = {
+        "images": [{"id": 1, "file_name": name, "width": 48, "height": 40}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "keypoints": kps, "bbox": [5, 5, 30, 30],
+                         "area": 900.0, "iscrowd": 0}],
+        "categories": [COCO17.coco_category(1)],
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_show_draws_a_16bit_png_like_its_8bit_version(tmp_path):
+    from tests.test_images import gray_gradient, save_gray16
+
+    gray = gray_gradient(40, 48)
+    Image.fromarray(gray).save(tmp_path / "8.png")
+    save_gray16(tmp_path / "16.png", gray)
+    drawn = {}
+    for name in ("8.png", "16.png"):
+        (out,) = write_samples(_gradient_file(tmp_path, name), tmp_path, tmp_path / name[:-4], 1, augment=False)
+        drawn[name] = np.asarray(Image.open(out), dtype=np.int16)
+    assert drawn["16.png"].shape == (40, 48, 3)
+    assert np.abs(drawn["16.png"] - drawn["8.png"]).max() <= 1
+
+
+def test_check_images_decodes_a_16bit_png_and_refuses_float_pixels(tmp_path):
+    from tests.test_images import gray_gradient, save_gray16
+
+    save_gray16(tmp_path / "16.png", gray_gradient(40, 48))
+    assert check_annotations(_gradient_file(tmp_path, "16.png"), tmp_path).issues == []
+    Image.fromarray(gray_gradient(40, 48).astype(np.float32)).save(tmp_path / "f.tif")
+    report = check_annotations(_gradient_file(tmp_path, "f.tif"), tmp_path)
+    assert [(i.kind, i.image_id) for i in report.errors] == [("unreadable image file", 1)]
+    assert "f.tif" in report.errors[0].message and "mode F" in report.errors[0].message
+
+
+def test_check_images_in_a_missing_folder_is_one_error_naming_it(tmp_path, capsys):
+    from raypose.cli.main import main
+
+    path = _bad_file(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"] += [{"id": n, "file_name": f"{n}.jpg", "width": 20, "height": 20} for n in range(2, 6)]
+    path.write_text(json.dumps(data))
+    folder = tmp_path / "no-such-folder"
+    assert main(["data", "check", str(path), "--images", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raypose data check: error: ") and err.count("\n") == 1
+    assert str(folder) in err and "Traceback" not in err
+
+
+def test_show_with_a_missing_image_folder_is_one_error_naming_it(synth_data, tmp_path, capsys):
+    from raypose.cli.main import main
+
+    folder = tmp_path / "no-such-folder"
+    assert main(["data", "show", str(synth_data.train_ann), str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raypose data show: error: ") and err.count("\n") == 1 and str(folder) in err
+    assert not (tmp_path / "out").exists()

@@ -180,3 +180,33 @@ def test_out_equal_to_an_input_is_refused_and_the_input_kept(tmp_path, monkeypat
     with pytest.raises(ConfigError, match=r"is also an input .*write to another file"):
         merge_foot_files(coco_path, foot_path, out)
     assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda ann: ann.update(bbox=[0, 0, float("nan"), 10]), ["annotation 1", "'bbox'"]),
+        (lambda ann: ann.update(area=float("inf")), ["annotation 1", "'area'"]),
+        (lambda ann: ann.update(id=3.0), ["annotation #0", "'id'", "integer"]),
+        (lambda ann: ann.update(image_id=10.0), ["annotation 1", "'image_id'", "integer"]),
+    ],
+)
+def test_non_finite_numbers_and_float_ids_are_refused_and_nothing_is_written(tmp_path, mutate, words):
+    coco = _coco()
+    mutate(coco["annotations"][0])
+    (tmp_path / "c.json").write_text(json.dumps(coco))  # NaN / Infinity tokens, as a bad file has them
+    (tmp_path / "f.json").write_text(json.dumps(_foot(23)))
+    with pytest.raises(InputError) as info:
+        merge_foot_files(
+            tmp_path / "c.json", tmp_path / "f.json", tmp_path / "out.json", allow_unmatched=True
+        )
+    assert str(info.value).startswith(f"{tmp_path / 'c.json'}: ")
+    assert all(word in str(info.value) for word in words), info.value
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_foot_ids_must_be_integers():
+    foot = _foot(23)
+    foot["annotations"][0]["id"] = 1.0
+    with pytest.raises(InputError, match=r"f.json: annotation #0 .*'id' must be an integer"):
+        merge_foot(_coco(), foot, coco_name="c.json", foot_name="f.json")

@@ -55,10 +55,26 @@ def _reference(gt: dict, dets: list[dict], cat_ids=None) -> list[float]:
 # --- issue 15 item 6: wrongly typed detections -------------------------------------------------
 
 BAD_DETECTIONS = [
-    ("keypoints", lambda d: d["keypoints"][:4] + ["1.5"] + d["keypoints"][5:], "keypoints must hold numbers only, got '1.5'"),
-    ("keypoints", lambda d: d["keypoints"][:1] + [None] + d["keypoints"][2:], "keypoints must hold numbers only, got None"),
-    ("keypoints", lambda d: [d["keypoints"][i : i + 3] for i in range(0, 51, 3)], "keypoints must be a flat list of 51"),
-    ("keypoints", lambda d: d["keypoints"][:-3], "keypoints must be a flat list of 51 numbers .* got 48 values"),
+    (
+        "keypoints",
+        lambda d: d["keypoints"][:4] + ["1.5"] + d["keypoints"][5:],
+        "keypoints must hold numbers only, got '1.5'",
+    ),
+    (
+        "keypoints",
+        lambda d: d["keypoints"][:1] + [None] + d["keypoints"][2:],
+        "keypoints must hold numbers only, got None",
+    ),
+    (
+        "keypoints",
+        lambda d: [d["keypoints"][i : i + 3] for i in range(0, 51, 3)],
+        "keypoints must be a flat list of 51",
+    ),
+    (
+        "keypoints",
+        lambda d: d["keypoints"][:-3],
+        "keypoints must be a flat list of 51 numbers .* got 48 values",
+    ),
     ("keypoints", lambda d: "0 0 1", "keypoints must be a flat list of 51"),
     ("score", lambda d: "0.5", "score must be a number, got '0.5'"),
     ("score", lambda d: None, "score must be a number, got None"),
@@ -298,3 +314,34 @@ def test_evaluate_in_memory_equals_the_results_file_path(case, tmp_path):
     assert [got.stats[n] for n in STAT_NAMES] == [expected.stats[n] for n in STAT_NAMES]
     assert got.num_dets == expected.num_dets and 0 < got.stats["AP"] < 1
     assert evaluate_in_memory(path, [outputs_to_arrays([], [])]).stats["AP"] == 0.0
+
+
+def test_readers_agree_on_iscrowd_booleans_and_the_person_category(case):
+    gt, dets = case
+    gt = copy.deepcopy(gt)
+    for ann in gt["annotations"]:
+        ann["iscrowd"] = bool(ann["iscrowd"])
+    hand = {"id": 7, "name": "hand", "keypoints": ["a", "b"], "skeleton": []}
+    gt["categories"] = [hand, *gt["categories"]]  # the person category is chosen by name, not position
+    assert ground_truth(gt).category_id == 1
+    assert (
+        evaluate_keypoints(gt, dets, per_keypoint=False).stats
+        == evaluate_keypoints(case[0], dets, per_keypoint=False).stats
+    )
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda gt: gt["annotations"][0].update(iscrowd="0"), r"'iscrowd' must be 0 or 1"),
+        (lambda gt: gt["annotations"][0].update(area=1e308), r"'area' 1e\+308 is more than the image's"),
+        (lambda gt: gt["images"][0].update(width=1e308), r"image \d+: 'width' must be a positive integer"),
+    ],
+)
+def test_values_no_image_can_have_are_refused(case, reader, mutate, message):
+    gt, dets = case
+    gt = copy.deepcopy(gt)
+    mutate(gt)
+    with pytest.raises(InputError, match=message):
+        READERS[reader](gt, dets)

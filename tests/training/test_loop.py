@@ -252,3 +252,22 @@ def test_validation_loss_leaves_batch_norm_statistics_alone():
     model.train()
     validation_loss(model, shifted, torch.device("cpu"))
     assert model.training and model.norm.training and torch.equal(model.norm.running_mean, before["running_mean"])
+
+
+def test_a_bad_image_in_a_loader_worker_stops_training_with_raypose_own_message(synth_data, tmp_path):
+    import shutil
+
+    from raypose.data.dataset import KeypointDataset, collate_fn
+    from raypose.errors import InputError
+
+    images = shutil.copytree(synth_data.val_images, tmp_path / "images")
+    dataset = KeypointDataset(synth_data.val_ann, images)
+    dataset.image_path(0).write_bytes(dataset.image_path(0).read_bytes()[:200])  # truncated
+    loader = torch.utils.data.DataLoader(dataset, batch_size=len(dataset), num_workers=1, collate_fn=collate_fn)
+    model = ToyDetector()
+    opt = build_optimizer(model, OptimConfig(name="sgd", lr=0.05))
+    sched = build_scheduler(opt, ScheduleConfig(name="onecycle"), 1, 1)
+    with pytest.raises(InputError) as caught:
+        train_one_epoch(model, opt, sched, loader, torch.device("cpu"), log_every=0)
+    message = str(caught.value)
+    assert message.startswith(f"{dataset.image_path(0)}: cannot read image") and "Traceback" not in message

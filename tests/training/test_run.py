@@ -217,10 +217,9 @@ def test_an_interrupted_checkpoint_save_never_blocks_a_resume(tiny_train_config,
     """Ctrl-C while epoch 2's checkpoint is moved into place (a copy when the temporary folder is
     on another disk): the .tmp folder is not a checkpoint, metrics.jsonl has no line for the
     epoch, and the rerun resumes after epoch 1 and cleans up."""
-    import shutil as shutil_module
+    from raypose.storage import move_folder as real_move
 
     cfg = validate_train_config({**tiny_train_config, "epochs": 2, "schedule": {"name": "constant"}})
-    real_move = shutil_module.move
 
     def move_then_interrupt(src, dst, *args, **kwargs):
         real_move(src, dst, *args, **kwargs)
@@ -229,7 +228,7 @@ def test_an_interrupted_checkpoint_save_never_blocks_a_resume(tiny_train_config,
             target.write_bytes(target.read_bytes()[:1000])  # half-written, as a killed copy leaves it
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("raypose.training.sessions.shutil.move", move_then_interrupt)
+    monkeypatch.setattr("raypose.training.sessions.move_folder", move_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, LocalSession(cfg.run_dir))
     monkeypatch.undo()
@@ -323,3 +322,110 @@ def test_unevaluated_epochs_report_no_score_and_keep_the_evaluated_checkpoint(ti
     assert "oks_map" not in lines[0] and "oks_map" in lines[1]
     kept = sorted(p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").iterdir())
     assert kept == ["epoch_0002", "epoch_0003"]
+
+
+# --- One run per name at a time: runs/NAME.lock --------------------------------------------
+
+
+def write_lock(path: Path, host: str, pid: int) -> str:
+    text = json.dumps({"host": host, "pid": pid, "started": "2026-01-01T00:00:00+00:00"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+@pytest.fixture
+def twin_config(tiny_train_config, tmp_path) -> Path:
+    import yaml
+
+    path = tmp_path / "twin.yaml"
+    path.write_text(yaml.safe_dump({**tiny_train_config, "name": "twin"}))
+    return path
+
+
+def test_a_run_name_in_use_by_a_live_process_is_refused(twin_config, tmp_path, capsys):
+    import socket
+    import subprocess
+
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = tmp_path / "runs" / "twin.lock"
+        text = write_lock(lock, socket.gethostname(), holder.pid)
+        assert main(["train", str(twin_config), "--local"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("raypose train: error: ") and "Traceback" not in err
+        assert str(lock) in err and f"process {holder.pid} on {socket.gethostname()}" in err
+        assert "--set name=twin-2" in err and "Wait for that run to finish" in err
+        assert lock.read_text() == text  # the holder's lock is untouched
+        assert not (tmp_path / "runs" / "twin").exists()  # nothing started
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_from_another_host_is_respected_and_says_how_to_remove_it(twin_config, tmp_path, capsys):
+    lock = tmp_path / "runs" / "twin.lock"
+    write_lock(lock, "gpu-node-7.invalid", 4242)
+    assert main(["train", str(twin_config), "--local"]) == 2
+    err = capsys.readouterr().err
+    assert "process 4242 on gpu-node-7.invalid" in err and f"rm {lock}" in err and lock.is_file()
+
+
+def test_the_lock_is_held_for_the_whole_run_and_a_stale_one_is_taken_over(twin_config, tmp_path, monkeypatch,
+                                                                          caplog):
+    import os
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free now: a run killed with SIGKILL leaves such a lock
+    lock = tmp_path / "runs" / "twin.lock"
+    write_lock(lock, socket.gethostname(), dead.pid)
+    seen = []
+
+    def fake_training(config, session):
+        seen.append(json.loads(lock.read_text()))
+        return {"history": [{"epoch": 1}], "best": {}}
+
+    monkeypatch.setattr("raypose.training.run.run_training", fake_training)
+    with caplog.at_level("WARNING"):
+        assert main(["train", str(twin_config), "--local"]) == 0
+    assert seen[0]["pid"] == os.getpid() and seen[0]["host"] == socket.gethostname() and seen[0]["started"]
+    assert f"stale lock {lock}" in caplog.text and f"process {dead.pid}" in caplog.text
+    assert not lock.exists()  # released at the end
+
+    def interrupted(config, session):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("raypose.training.run.run_training", interrupted)
+    assert main(["train", str(twin_config), "--local"]) == 130
+    assert not lock.exists()  # released on an interrupt too
+
+
+def test_resuming_on_another_training_set_is_refused_naming_both(tiny_train_config, synth_data, tmp_path, capsys):
+    """A run killed in epoch 2 and rerun with data.root at a smaller set would train on with the
+    wrong steps per epoch (and a 1cycle schedule that never anneals): refused, naming both sets."""
+    import shutil
+
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**tiny_train_config, "schedule": {"name": "constant"}}))
+    assert main(["train", str(path), "--local"]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(synth_data.root, other)
+    train_ann = other / synth_data.train_ann.relative_to(synth_data.root)
+    coco = json.loads(train_ann.read_text())
+    kept = {image["id"] for image in coco["images"][:3]}
+    coco["images"] = [image for image in coco["images"] if image["id"] in kept]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+    train_ann.write_text(json.dumps(coco))
+    capsys.readouterr()
+
+    assert main(["train", str(path), "--local", "--set", "epochs=2", "--set", f"data.root={other}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raypose train: error: run 'tiny' was trained on ") and "Traceback" not in err
+    assert f"{synth_data.train_ann.resolve()} (6 images, sha256 " in err
+    assert f"{train_ann.resolve()} (3 images, sha256 " in err and "--set name=tiny-2" in err
+    lines = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]  # nothing trained on the other set

@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from raypose.errors import ConfigError
+from raypose.errors import ConfigError, RayposeError
 from raypose.tuning.space import BASELINE_RECIPE, TRIAL_KIND_KEY, SpaceSampler, load_search_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,3 +198,128 @@ def test_momentum_is_searched_only_where_the_optimizer_keeps_it(name):
     if name == "onecycle":
         assert any(cfg.schedule.cycle_momentum for _, cfg in trials)
         assert all(cfg.schedule.name == "onecycle" for _, cfg in trials if cfg.schedule.cycle_momentum)
+
+
+# --- malformed space files: each refused naming the file, the key and what it must be ---------
+
+
+def space_with(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "base.yaml").write_text(BASE)
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def refusal(path: Path, overrides: list[str] | None = None) -> str:
+    with pytest.raises(RayposeError) as err:
+        load_search_space(path, overrides)
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+def test_a_search_key_given_twice_names_both_lines(tmp_path):
+    path = space_with(tmp_path, "base: base.yaml\nsearch:\n  optim.lr: {loguniform: [1.0e-4, 1.0e-3]}\n"
+                                "  accumulate: {int: [1, 4]}\n  optim.lr: {loguniform: [1.0e-2, 5.0e-2]}\n")
+    text = refusal(path)
+    assert "'search.optim.lr' is given twice, on line 3 and line 5" in text
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("base: base.yaml\nsearch:\n  - optim.lr: {choice: [0.1]}\n", "search must be a mapping"),
+    ("base: base.yaml\nsearch: optim.lr\n", "search must be a mapping"),
+    ("base: base.yaml\ntune: 5\n", "tune must be a mapping"),
+    ("base: base.yaml\ntune: [1]\n", "tune must be a mapping"),
+    ("base: [a]\n", "base must be"),
+    ("base: base.yaml\nsearch:\n  optim.lr: 0.1\n", "search.optim.lr: must be a distribution"),
+    ("base: base.yaml\nsearch:\n  optim.lr: [0.1, 0.2]\n", "search.optim.lr[0]: must be a distribution"),
+    ("base: base.yaml\nsearch:\n  optim.lr: {uniform: [0.1, 0.2], when: sgd}\n", "search.optim.lr.when"),
+    ("base: base.yaml\ntune: {asha: 3}\n", "tune.asha: must be a mapping"),
+])
+def test_sections_of_the_wrong_shape_are_refused(tmp_path, text, message):
+    assert message in refusal(space_with(tmp_path, text))
+
+
+@pytest.mark.parametrize(("tune", "key"), [("trial_cpus: .inf", "tune.trial_cpus"), ("trial_cpus: .nan", "tune.trial_cpus"),
+                                           ("asha: {reduction_factor: .inf}", "tune.asha.reduction_factor"),
+                                           ("trial_resources: {on_demand: .inf}", "tune.trial_resources.on_demand")])
+def test_tune_numbers_must_be_finite(tmp_path, tune, key):
+    text = refusal(space_with(tmp_path, f"base: base.yaml\ntune: {{{tune}}}\n"))
+    assert f"{key}: must be a finite number" in text
+
+
+@pytest.mark.parametrize("dist", ["{uniform: [0.1, .inf]}", "{loguniform: [1.0e-4, .nan]}"])
+def test_distribution_bounds_must_be_finite(tmp_path, dist):
+    text = refusal(space_with(tmp_path, f"base: base.yaml\nsearch:\n  optim.lr: {dist}\n"))
+    assert "search.optim.lr." in text and "finite" in text
+
+
+def test_a_trial_cpus_override_of_inf_is_refused(space_file):
+    assert "tune.trial_cpus" in refusal(space_file, ["tune.trial_cpus=inf"])
+
+
+@pytest.mark.parametrize(("when", "message"), [
+    # searched: the dimension's choices
+    ("{optim.name: SGD}", "'SGD'"),
+    ("{schedule.cycle_momentum: 'false'}", "'false'"),
+    ("{accumulate: 7}", "7"),
+    ("{optim.weight_decay: 0.01}", "continuous"),
+    # not searched: the setting's own values
+    ("{schedule.name: Onecycle}", "'onecycle'"),
+    ("{amp: 'no'}", "amp"),
+    ("{epochs: -1}", "epochs"),
+])
+def test_when_values_that_can_never_hold_are_refused(tmp_path, when, message):
+    path = space_with(tmp_path, (
+        "base: base.yaml\nsearch:\n  optim.name: {choice: [sgd, adamw]}\n"
+        "  schedule.cycle_momentum: {choice: [false, true]}\n  accumulate: {int: [1, 4]}\n"
+        "  optim.weight_decay: {loguniform: [1.0e-5, 1.0e-3]}\n"
+        f"  optim.momentum: {{uniform: [0.8, 0.9], when: {when}}}\n"
+    ))
+    text = refusal(path)
+    assert "search.optim.momentum" in text and "when" in text and message in text
+
+
+def test_a_when_on_a_dimension_that_may_be_skipped_accepts_the_base_value(tmp_path):
+    # optim.momentum is searched for SGD only; otherwise the trial keeps the base's 0.9
+    path = space_with(tmp_path, (
+        "base: base.yaml\nsearch:\n  optim.name: {choice: [sgd, adamw]}\n"
+        "  optim.momentum: {choice: [0.8, 0.95], when: {optim.name: sgd}}\n"
+        "  optim.weight_decay: {loguniform: [1.0e-5, 1.0e-3], when: {optim.momentum: 0.9}}\n"
+    ))
+    assert "optim.weight_decay" in load_search_space(path).search
+    path.write_text(path.read_text().replace("optim.momentum: 0.9}", "optim.momentum: 0.7}"))
+    assert "0.7" in refusal(path) and "0.8" in refusal(path)
+
+
+def test_a_valid_when_samples_its_dimension(tmp_path):
+    path = space_with(tmp_path, (
+        "base: base.yaml\nsearch:\n  optim.name: {choice: [sgd, adamw]}\n"
+        "  schedule.cycle_momentum: {choice: [false, true]}\n"
+        "  optim.momentum: {uniform: [0.8, 0.9], when: {optim.name: sgd, schedule.cycle_momentum: false}}\n"
+        "tune: {baseline: false}\n"
+    ))
+    trials = sample(load_search_space(path), 20)
+    assert any("optim.momentum" in t for t in trials)
+
+
+@pytest.mark.parametrize("key", ["name", "storage_path", "mlflow.run_name", "mlflow.experiment"])
+def test_settings_a_trial_does_not_take_from_the_search_are_refused(tmp_path, key):
+    text = refusal(space_with(tmp_path, f"base: base.yaml\nsearch:\n  {key}: {{choice: [a, b]}}\n"))
+    assert f"search.{key}" in text and "cannot be searched" in text
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", ".hidden", "..", ""])
+def test_the_study_name_must_be_a_plain_folder_name(tmp_path, name):
+    path = space_with(tmp_path, f"base: base.yaml\ntune: {{name: {name!r}}}\n")
+    assert "tune.name" in refusal(path) and "plain folder name" in refusal(path)
+    ok = space_with(tmp_path, "base: base.yaml\n")
+    assert "tune.name" in refusal(ok, [f"tune.name={name!r}"])
+
+
+def test_home_is_expanded_in_the_tune_storage_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    space = load_search_space(space_with(tmp_path, "base: base.yaml\ntune: {storage_path: ~/raypose-runs}\n"))
+    assert space.tune.storage_path == str(tmp_path / "home" / "raypose-runs")
+    assert space.tune_dir.startswith(str(tmp_path / "home"))
+    remote = load_search_space(space_with(tmp_path, "base: base.yaml\ntune: {storage_path: 's3://b/~x'}\n"))
+    assert remote.tune.storage_path == "s3://b/~x"
